@@ -1,0 +1,1 @@
+"""ecdopt: Energy-Conserving Descent optimizers for PyTorch."""
