@@ -1,0 +1,137 @@
+"""Chaos mechanisms of ECD: the bounce schedule of BBI and the rotation of ECDSep.
+
+Bounces (paper §3.3, Algorithm 1) keep |Π| and draw a new direction. Two counters decide when:
+c0 counts steps for the fixed schedule (a bounce when c0 = T0, N_b times) and c1 counts steps
+without a new minimum of V (a bounce when c1 = T1). The schedule functions work elementwise on
+Python ints/bools (one particle, host side) or on integer tensors (an ensemble of particles, or
+device-side counters), so the optimizer and the ensemble share one definition.
+
+Rotation (ECDSep): every step Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ, ξ ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BOUNCE_DIRECTIONS",
+    "bounce_",
+    "bounce_due",
+    "counters_after_bounce",
+    "counters_after_update",
+    "draw_direction",
+    "rotate_",
+]
+
+BOUNCE_DIRECTIONS = ("gaussian", "uniform")
+BounceDirection = Literal["gaussian", "uniform"]
+
+T = TypeVar("T", int, bool, Tensor)
+
+
+def _select(condition: bool | Tensor, if_true: T, if_false: T) -> T:
+    """``if_true if condition else if_false``, elementwise for tensors."""
+    if isinstance(condition, Tensor):
+        return torch.where(condition, if_true, if_false)
+    return if_true if condition else if_false
+
+
+def bounce_due(
+    c0: T,
+    c1: T,
+    n_done: T,
+    *,
+    bounce_period: int | None,
+    n_bounces: int,
+    bounce_patience: int | None,
+) -> tuple[T, T]:
+    """Whether a bounce happens now (Algorithm 1's test ``c0 = T0 or c1 = T1``).
+
+    Returns ``(fixed, due)``: ``fixed`` for a bounce of the fixed schedule (c0 = T0 with fewer
+    than N_b done), ``due`` for any bounce (fixed, or progress: c1 = T1). ``None`` turns a
+    mechanism off. Algorithm 1 read literally performs one fixed bounce even with N_b = 0; here
+    N_b = 0 means no fixed bounce (for N_b ≥ 1 the two agree exactly).
+    """
+    if bounce_period is None:
+        fixed = c0 != c0  # False, of c0's kind
+    else:
+        fixed = (c0 == bounce_period) & (n_done < n_bounces)
+    if bounce_patience is None:
+        return fixed, fixed
+    return fixed, fixed | (c1 == bounce_patience)
+
+
+def counters_after_bounce(c0: T, c1: T, n_done: T, fixed: T, *, n_bounces: int) -> tuple[T, T, T]:
+    """Counters after a bounce (Algorithm 1's else branch).
+
+    A fixed bounce increments n_b and resets c0 while n_b < N_b (after the last one c0 moves past
+    T0 and never meets it again); every bounce resets c1. Returns ``(c0, c1, n_done)``.
+    """
+    n_done = n_done + fixed
+    c0 = _select(fixed, _select(n_done < n_bounces, c0 * 0, c0 + 1), c0)
+    return c0, c1 * 0, n_done
+
+
+def counters_after_update(c0: T, c1: T, new_minimum: T) -> tuple[T, T]:
+    """Counters after a normal update: c0 += 1, c1 += 1, and c1 = 0 on a new minimum of V."""
+    return c0 + 1, _select(new_minimum, c1 * 0, c1 + 1)
+
+
+def draw_direction(
+    like: Sequence[Tensor],
+    generator: torch.Generator | dict[torch.device, torch.Generator],
+    kind: BounceDirection = "gaussian",
+) -> list[Tensor]:
+    """Draw ξ, one tensor per entry of ``like`` (same shape, dtype and device).
+
+    ``"gaussian"``: ξ ~ N(0, I), isotropic after normalisation (the default). ``"uniform"``:
+    ξ ~ U(−½, ½) per component, the authors' cube (not isotropic; kept to reproduce their
+    figures). Tensors are drawn in order, so a generator seeded the same way gives the same ξ.
+    """
+    out = []
+    for t in like:
+        gen = generator[t.device] if isinstance(generator, dict) else generator
+        if kind == "gaussian":
+            out.append(torch.randn(t.shape, generator=gen, dtype=t.dtype, device=t.device))
+        elif kind == "uniform":
+            xi = torch.rand(t.shape, generator=gen, dtype=t.dtype, device=t.device)
+            out.append(xi.sub_(0.5))
+        else:
+            raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
+    return out
+
+
+def _global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of the concatenation of ``tensors``, in float64."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    norms = torch._foreach_norm(list(tensors))
+    return torch.linalg.vector_norm(torch.stack([n.double() for n in norms]))
+
+
+def bounce_(momenta: Sequence[Tensor], xi: Sequence[Tensor], mask: Tensor | None = None) -> None:
+    """A bounce, in place: Π ← |Π|·ξ/|ξ| (norms over all tensors together).
+
+    ``mask`` (a 0-dim bool tensor) keeps Π unchanged where False, without a host sync.
+    """
+    scale = _global_norm(momenta) / _global_norm(xi)
+    for m, x in zip(momenta, xi, strict=True):
+        new = x * scale.to(x.device, x.dtype)
+        m.copy_(new if mask is None else torch.where(mask.to(m.device), new, m))
+
+
+def rotate_(momenta: Sequence[Tensor], xi: Sequence[Tensor], chaos: float | Tensor) -> None:
+    """ECDSep rotation, in place: Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ (ν = ``chaos``).
+
+    Keeps |Π|; leaves Π = 0 unchanged.
+    """
+    norm = _global_norm(momenta)
+    inv_norm = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
+    u = [m * inv_norm.to(m.device, m.dtype) + x * chaos for m, x in zip(momenta, xi, strict=True)]
+    scale = norm / _global_norm(u)
+    for m, ui in zip(momenta, u, strict=True):
+        m.copy_(ui * scale.to(ui.device, ui.dtype))

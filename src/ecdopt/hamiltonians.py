@@ -1,0 +1,198 @@
+"""Scalar math of the ECD Hamiltonians (design.md §1 table), and nothing else.
+
+Every function here is pure and elementwise: its arguments are tensors (0-dim for the optimizer,
+``[M]`` for an ensemble of M particles) or Python floats, and it returns a tensor of the broadcast
+shape. Notation follows the paper: V is the potential (eq. 1), E the conserved energy, Π² the
+squared norm of the momentum and s the separable Hamiltonian's kinetic offset.
+
+Each Hamiltonian H(V, Π²) fixes four things:
+
+- ``initial_energy(V0, δE)``: E at the first step;
+- ``target_momentum_sq(E, V)``: the Π² that makes H(V, Π²) = E (used to restore the energy);
+- ``kick_factor(E, V)``: K in ``Π ← Π − Δt·K·∇V``;
+- ``drift_factor(E, V, Π²)``: D in ``Θ ← Θ + Δt·D·Π``.
+
+Together, one symplectic-Euler step is ``Π ← α·Π − Δt·K·∇V`` then ``Θ ← Θ + Δt·D·Π``
+(Algorithm 1 and eqs. 11-12 for Born-Infeld).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+TensorLike = Tensor | float
+
+__all__ = [
+    "HAMILTONIANS",
+    "BornInfeld",
+    "Hamiltonian",
+    "InverseMass",
+    "Separable",
+    "get_hamiltonian",
+    "restoration_factor",
+]
+
+
+class Hamiltonian(Protocol):
+    """What every ECD Hamiltonian provides (see the module docstring)."""
+
+    name: str
+
+    def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        """H(V, Π²): the energy of a state."""
+        ...
+
+    def initial_energy(self, potential: Tensor, extra_energy: TensorLike) -> Tensor:
+        """E fixed at the first step from V0 and δE."""
+        ...
+
+    def target_momentum_sq(self, energy: Tensor, potential: Tensor) -> Tensor:
+        """Π²_target(E, V): the Π² on the energy shell H(V, Π²) = E."""
+        ...
+
+    def kick_factor(self, energy: Tensor, potential: Tensor) -> Tensor:
+        """K(V, E): the factor of −Δt·∇V in the momentum update."""
+        ...
+
+    def drift_factor(self, energy: Tensor, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        """D(V, E, Π²): the factor of Δt·Π in the position update."""
+        ...
+
+    @property
+    def drift_uses_momentum_sq(self) -> bool:
+        """Whether D depends on Π² (then Π² after the kick must be known before the drift)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BornInfeld:
+    """Born-Infeld ECD, the Hamiltonian of BBI: H = sqrt(V (V + Π²)) (eq. 4).
+
+    Equations of motion (3) discretized as (11)-(12): K = ½(V/E + E/V), D = V/E;
+    E = V0 + δE (eq. 13); Π²_target = E²/V − V (Algorithm 1's π_C²).
+    """
+
+    name: str = "born_infeld"
+
+    def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        return torch.sqrt(potential * (potential + momentum_sq))
+
+    def initial_energy(self, potential: Tensor, extra_energy: TensorLike) -> Tensor:
+        return potential + extra_energy
+
+    def target_momentum_sq(self, energy: Tensor, potential: Tensor) -> Tensor:
+        return energy * energy / potential - potential
+
+    def kick_factor(self, energy: Tensor, potential: Tensor) -> Tensor:
+        return 0.5 * (potential / energy + energy / potential)
+
+    def drift_factor(self, energy: Tensor, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        return potential / energy
+
+    @property
+    def drift_uses_momentum_sq(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class InverseMass:
+    """Non-relativistic particle of mass 1/V: H = ½ V Π² (the paper's eqs. 34-36).
+
+    Π̇ = −½Π²∇V = −(E/V)∇V on the shell, Θ̇ = VΠ: K = E/V, D = V; Π²_target = 2E/V.
+    E = V0 + δE, as for Born-Infeld.
+    """
+
+    name: str = "inverse_mass"
+
+    def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        return 0.5 * potential * momentum_sq
+
+    def initial_energy(self, potential: Tensor, extra_energy: TensorLike) -> Tensor:
+        return potential + extra_energy
+
+    def target_momentum_sq(self, energy: Tensor, potential: Tensor) -> Tensor:
+        return 2.0 * energy / potential
+
+    def kick_factor(self, energy: Tensor, potential: Tensor) -> Tensor:
+        return energy / potential
+
+    def drift_factor(self, energy: Tensor, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        return potential
+
+    @property
+    def drift_uses_momentum_sq(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Separable:
+    """Separable ECD (ECDSep), log form: H = log V + log(s + Π²).
+
+    From De Luca, Gatti & Silverstein (2023). Π̇ = −∇V/V, Θ̇ = 2Π/(s + Π²): K = 1/V,
+    D = 2/(s + Π²); E = log V0 + log(s + δE); Π²_target = e^E/V − s. The offset s
+    (``kinetic_offset``) regularises the kinetic term.
+    """
+
+    kinetic_offset: float = 1.0
+    name: str = "separable"
+
+    def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        return torch.log(potential) + torch.log(self.kinetic_offset + momentum_sq)
+
+    def initial_energy(self, potential: Tensor, extra_energy: TensorLike) -> Tensor:
+        offset_plus_extra = torch.as_tensor(
+            self.kinetic_offset + extra_energy, dtype=potential.dtype, device=potential.device
+        )
+        return torch.log(potential) + torch.log(offset_plus_extra)
+
+    def target_momentum_sq(self, energy: Tensor, potential: Tensor) -> Tensor:
+        return torch.exp(energy) / potential - self.kinetic_offset
+
+    def kick_factor(self, energy: Tensor, potential: Tensor) -> Tensor:
+        return 1.0 / potential
+
+    def drift_factor(self, energy: Tensor, potential: Tensor, momentum_sq: Tensor) -> Tensor:
+        return 2.0 / (self.kinetic_offset + momentum_sq)
+
+    @property
+    def drift_uses_momentum_sq(self) -> bool:
+        return True
+
+
+HAMILTONIANS: dict[str, type] = {
+    "born_infeld": BornInfeld,
+    "inverse_mass": InverseMass,
+    "separable": Separable,
+}
+
+
+def get_hamiltonian(name: str, *, kinetic_offset: float = 1.0) -> Hamiltonian:
+    """Return the Hamiltonian called ``name`` (a key of :data:`HAMILTONIANS`)."""
+    if name not in HAMILTONIANS:
+        allowed = ", ".join(repr(k) for k in HAMILTONIANS)
+        raise ValueError(f"hamiltonian must be one of {allowed}, got {name!r}")
+    if name == "separable":
+        return Separable(kinetic_offset=kinetic_offset)
+    return HAMILTONIANS[name]()
+
+
+def restoration_factor(
+    momentum_sq: Tensor, target_momentum_sq: Tensor, energy_tol: float
+) -> Tensor:
+    """α of Algorithm 1: the rescaling Π ← α·Π that restores the energy.
+
+    α = sqrt(Π²_target / Π²), except α = 1 when |Π² − Π²_target| < ε1 (``energy_tol``), when
+    Π²_target < 0 (the state is off the energy shell, e.g. V > E for Born-Infeld) or when Π² = 0
+    (no direction to rescale). Never NaN for finite inputs.
+    """
+    skip = (
+        ((momentum_sq - target_momentum_sq).abs() < energy_tol)
+        | (target_momentum_sq < 0)
+        | (momentum_sq <= 0)
+    )
+    safe_ratio = torch.where(skip, torch.ones_like(momentum_sq), target_momentum_sq / momentum_sq)
+    return torch.where(skip, torch.ones_like(momentum_sq), torch.sqrt(safe_ratio))
