@@ -2,8 +2,8 @@
 
 Two implementations with identical keyword-only signatures, like ``torch.optim.SGD``:
 ``_single_tensor_*`` loops over tensors, ``_multi_tensor_*`` uses ``torch._foreach_*`` ops.
-Scalars (α, kick and drift coefficients) are 0-dim tensors on the parameters' device, so no
-value ever travels to the host here.
+Scalars (α, kick and drift coefficients) are Python floats on the host path and 0-dim tensors
+on the parameters' device on the sync-free path; nothing here ever reads a device value.
 
 - kick:  Π ← α·Π − k·(∇F + λ·Θ)     with k = Δt·K·dV/dF_eff (per group), λ the weight decay
 - drift: Θ ← Θ + d·Π                with d = Δt·D (per group)
@@ -15,9 +15,24 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = ["ecd_drift_", "ecd_kick_", "sum_of_squares"]
+
+Coefficient = Tensor | float
+
+
+def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[Tensor]]]]:
+    """Split parallel lists by the device of the first list (one group in the usual case)."""
+    first = lists[0]
+    device = first[0].device
+    if all(t.device == device for t in first):
+        return [(device, [list(ts) for ts in lists])]
+    groups: dict[torch.device, list[list[Tensor]]] = {}
+    for i, t in enumerate(first):
+        rows = groups.setdefault(t.device, [[] for _ in lists])
+        for row, ts in zip(rows, lists, strict=True):
+            row.append(ts[i])
+    return list(groups.items())
 
 
 def _single_tensor_kick_(
@@ -25,16 +40,21 @@ def _single_tensor_kick_(
     grads: Sequence[Tensor],
     momenta: Sequence[Tensor],
     *,
-    rescale: Tensor,
-    kick: Tensor,
+    rescale: Coefficient,
+    kick: Coefficient,
     weight_decay: float,
 ) -> None:
     for p, g, m in zip(params, grads, momenta, strict=True):
-        r = rescale.to(m.device)
-        k = kick.to(m.device)
-        m.mul_(r).addcmul_(g, k, value=-1.0)
-        if weight_decay != 0.0:
-            m.addcmul_(p, k, value=-weight_decay)
+        if isinstance(kick, Tensor):
+            neg_k = (-kick).to(m.device)
+            m.mul_(rescale.to(m.device) if isinstance(rescale, Tensor) else rescale)
+            m.addcmul_(g, neg_k)
+            if weight_decay != 0.0:
+                m.addcmul_(p, neg_k, value=weight_decay)
+        else:
+            m.mul_(rescale).add_(g, alpha=-kick)
+            if weight_decay != 0.0:
+                m.add_(p, alpha=-kick * weight_decay)
 
 
 def _multi_tensor_kick_(
@@ -42,34 +62,43 @@ def _multi_tensor_kick_(
     grads: Sequence[Tensor],
     momenta: Sequence[Tensor],
     *,
-    rescale: Tensor,
-    kick: Tensor,
+    rescale: Coefficient,
+    kick: Coefficient,
     weight_decay: float,
 ) -> None:
-    grouped = _group_tensors_by_device_and_dtype([list(momenta), list(grads), list(params)])
-    for (device, _), ((ms, gs, ps), _) in grouped.items():
-        r = rescale.to(device)
-        neg_k = (-kick).to(device)
-        torch._foreach_mul_(ms, r)
-        torch._foreach_addcmul_(ms, gs, [neg_k] * len(ms))
-        if weight_decay != 0.0:
-            torch._foreach_addcmul_(ms, ps, [neg_k * weight_decay] * len(ms))
+    for device, (ms, gs, ps) in _by_device(momenta, grads, params):
+        if isinstance(kick, Tensor):
+            neg_k = (-kick).to(device)
+            torch._foreach_mul_(ms, rescale.to(device) if isinstance(rescale, Tensor) else rescale)
+            torch._foreach_addcmul_(ms, gs, [neg_k] * len(ms))
+            if weight_decay != 0.0:
+                torch._foreach_addcmul_(ms, ps, [neg_k * weight_decay] * len(ms))
+        else:
+            if rescale != 1.0:
+                torch._foreach_mul_(ms, rescale)
+            torch._foreach_add_(ms, gs, alpha=-kick)
+            if weight_decay != 0.0:
+                torch._foreach_add_(ms, ps, alpha=-kick * weight_decay)
 
 
 def _single_tensor_drift_(
-    params: Sequence[Tensor], momenta: Sequence[Tensor], *, drift: Tensor
+    params: Sequence[Tensor], momenta: Sequence[Tensor], *, drift: Coefficient
 ) -> None:
     for p, m in zip(params, momenta, strict=True):
-        p.addcmul_(m, drift.to(p.device))
+        if isinstance(drift, Tensor):
+            p.addcmul_(m, drift.to(p.device))
+        else:
+            p.add_(m, alpha=drift)
 
 
 def _multi_tensor_drift_(
-    params: Sequence[Tensor], momenta: Sequence[Tensor], *, drift: Tensor
+    params: Sequence[Tensor], momenta: Sequence[Tensor], *, drift: Coefficient
 ) -> None:
-    grouped = _group_tensors_by_device_and_dtype([list(params), list(momenta)])
-    for (device, _), ((ps, ms), _) in grouped.items():
-        d = drift.to(device)
-        torch._foreach_addcmul_(ps, ms, [d] * len(ps))
+    for device, (ps, ms) in _by_device(params, momenta):
+        if isinstance(drift, Tensor):
+            torch._foreach_addcmul_(ps, ms, [drift.to(device)] * len(ps))
+        else:
+            torch._foreach_add_(ps, ms, alpha=drift)
 
 
 def ecd_kick_(
@@ -77,8 +106,8 @@ def ecd_kick_(
     grads: Sequence[Tensor],
     momenta: Sequence[Tensor],
     *,
-    rescale: Tensor,
-    kick: Tensor,
+    rescale: Coefficient,
+    kick: Coefficient,
     weight_decay: float,
     foreach: bool,
 ) -> None:
@@ -88,7 +117,7 @@ def ecd_kick_(
 
 
 def ecd_drift_(
-    params: Sequence[Tensor], momenta: Sequence[Tensor], *, drift: Tensor, foreach: bool
+    params: Sequence[Tensor], momenta: Sequence[Tensor], *, drift: Coefficient, foreach: bool
 ) -> None:
     """Drift, in place: Θ ← Θ + d·Π (eq. 12, with the momentum after the kick)."""
     fn = _multi_tensor_drift_ if foreach else _single_tensor_drift_
@@ -96,14 +125,22 @@ def ecd_drift_(
 
 
 def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    """Σ over all tensors of Σ x², as a float64 0-dim tensor on ``device`` (no host sync)."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64, device=device)
+    """Σ over all tensors of Σ x², as a float64 0-dim tensor on ``device`` (no host sync).
+
+    16-bit tensors are summed in float32, so their squares cannot overflow.
+    """
     total = torch.zeros((), dtype=torch.float64, device=device)
-    grouped = _group_tensors_by_device_and_dtype([list(tensors)])
-    for (dev, dtype), ((ts,), _) in grouped.items():
-        wide = torch.float64 if dtype == torch.float64 else torch.float32
-        norms = torch._foreach_norm(ts, 2, dtype=wide) if dtype != wide else torch._foreach_norm(ts)
-        partial = torch.stack(norms).double().square().sum()
-        total = total + (partial if dev == device else partial.to(device))
+    if not tensors:
+        return total
+    for dev, (ts,) in _by_device(tensors):
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for t in ts:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for dtype, group in by_dtype.items():
+            if dtype in (torch.float16, torch.bfloat16):
+                squares = torch._foreach_powsum(group, 2, dtype=torch.float32)
+            else:
+                squares = torch._foreach_powsum(group, 2)
+            partial = torch.stack(squares).sum(dtype=torch.float64)
+            total = total + (partial if dev == device else partial.to(device))
     return total

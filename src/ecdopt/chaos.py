@@ -19,11 +19,15 @@ from torch import Tensor
 
 __all__ = [
     "BOUNCE_DIRECTIONS",
+    "STREAM_BOUNCE",
+    "STREAM_INITIAL",
+    "STREAM_ROTATION",
     "bounce_",
     "bounce_due",
     "counters_after_bounce",
     "counters_after_update",
     "draw_direction",
+    "keyed_seed",
     "rotate_",
 ]
 
@@ -31,6 +35,24 @@ BOUNCE_DIRECTIONS = ("gaussian", "uniform")
 BounceDirection = Literal["gaussian", "uniform"]
 
 T = TypeVar("T", int, bool, Tensor)
+
+# Random draws are keyed by (seed, step index, stream), so whether a draw happens at one step
+# never shifts the numbers of another: the host and the device-side paths, the reference and
+# a resumed run all draw the same ξ.
+STREAM_BOUNCE = 0
+STREAM_ROTATION = 1
+STREAM_INITIAL = 2
+_MASK64 = (1 << 64) - 1
+
+
+def keyed_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for the draw of ``stream`` at ``step`` (a splitmix64 mix of the three)."""
+    z = 0x632BE59BD9B4E019 + seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9
+    z += stream * 0x94D049BB133111EB
+    z &= _MASK64
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        z = ((z ^ (z >> shift)) * mult) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
 def _select(condition: bool | Tensor, if_true: T, if_false: T) -> T:
@@ -113,25 +135,32 @@ def _global_norm(tensors: Sequence[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([n.double() for n in norms]))
 
 
+def _assign_(momenta: Sequence[Tensor], new: Sequence[Tensor], mask: Tensor | None) -> None:
+    for m, n in zip(momenta, new, strict=True):
+        m.copy_(n if mask is None else torch.where(mask.to(m.device), n, m))
+
+
 def bounce_(momenta: Sequence[Tensor], xi: Sequence[Tensor], mask: Tensor | None = None) -> None:
     """A bounce, in place: Π ← |Π|·ξ/|ξ| (norms over all tensors together).
 
     ``mask`` (a 0-dim bool tensor) keeps Π unchanged where False, without a host sync.
     """
     scale = _global_norm(momenta) / _global_norm(xi)
-    for m, x in zip(momenta, xi, strict=True):
-        new = x * scale.to(x.device, x.dtype)
-        m.copy_(new if mask is None else torch.where(mask.to(m.device), new, m))
+    _assign_(momenta, [x * scale.to(x.device, x.dtype) for x in xi], mask)
 
 
-def rotate_(momenta: Sequence[Tensor], xi: Sequence[Tensor], chaos: float | Tensor) -> None:
+def rotate_(
+    momenta: Sequence[Tensor],
+    xi: Sequence[Tensor],
+    chaos: float | Tensor,
+    mask: Tensor | None = None,
+) -> None:
     """ECDSep rotation, in place: Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ (ν = ``chaos``).
 
-    Keeps |Π|; leaves Π = 0 unchanged.
+    Keeps |Π|; leaves Π = 0 unchanged. ``mask`` as in :func:`bounce_`.
     """
     norm = _global_norm(momenta)
     inv_norm = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
     u = [m * inv_norm.to(m.device, m.dtype) + x * chaos for m, x in zip(momenta, xi, strict=True)]
     scale = norm / _global_norm(u)
-    for m, ui in zip(momenta, u, strict=True):
-        m.copy_(ui * scale.to(ui.device, ui.dtype))
+    _assign_(momenta, [ui * scale.to(ui.device, ui.dtype) for ui in u], mask)

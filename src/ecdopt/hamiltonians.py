@@ -18,6 +18,7 @@ Together, one symplectic-Euler step is ``Π ← α·Π − Δt·K·∇V`` then `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,30 @@ import torch
 from torch import Tensor
 
 TensorLike = Tensor | float
+Scalar = Tensor | float  # a float on the host, or a tensor (0-dim or a batch of particles)
+
+
+def sqrt(x: Scalar) -> Scalar:
+    """√x for a float (math) or a tensor (torch)."""
+    return torch.sqrt(x) if isinstance(x, Tensor) else math.sqrt(x)
+
+
+def log(x: Scalar) -> Scalar:
+    """log x for a float (math) or a tensor (torch)."""
+    return torch.log(x) if isinstance(x, Tensor) else math.log(x)
+
+
+def exp(x: Scalar) -> Scalar:
+    """e**x for a float (math) or a tensor (torch)."""
+    return torch.exp(x) if isinstance(x, Tensor) else math.exp(x)
+
+
+def select(condition: bool | Tensor, if_true: Scalar, if_false: Scalar) -> Scalar:
+    """``if_true if condition else if_false``; elementwise (``torch.where``) for tensors."""
+    if isinstance(condition, Tensor):
+        return torch.where(condition, if_true, if_false)
+    return if_true if condition else if_false
+
 
 __all__ = [
     "HAMILTONIANS",
@@ -32,8 +57,12 @@ __all__ = [
     "Hamiltonian",
     "InverseMass",
     "Separable",
+    "exp",
     "get_hamiltonian",
+    "log",
     "restoration_factor",
+    "select",
+    "sqrt",
 ]
 
 
@@ -79,7 +108,7 @@ class BornInfeld:
     name: str = "born_infeld"
 
     def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
-        return torch.sqrt(potential * (potential + momentum_sq))
+        return sqrt(potential * (potential + momentum_sq))
 
     def initial_energy(self, potential: Tensor, extra_energy: TensorLike) -> Tensor:
         return potential + extra_energy
@@ -141,16 +170,13 @@ class Separable:
     name: str = "separable"
 
     def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
-        return torch.log(potential) + torch.log(self.kinetic_offset + momentum_sq)
+        return log(potential) + log(self.kinetic_offset + momentum_sq)
 
     def initial_energy(self, potential: Tensor, extra_energy: TensorLike) -> Tensor:
-        offset_plus_extra = torch.as_tensor(
-            self.kinetic_offset + extra_energy, dtype=potential.dtype, device=potential.device
-        )
-        return torch.log(potential) + torch.log(offset_plus_extra)
+        return log(potential) + log(self.kinetic_offset + extra_energy)
 
     def target_momentum_sq(self, energy: Tensor, potential: Tensor) -> Tensor:
-        return torch.exp(energy) / potential - self.kinetic_offset
+        return exp(energy) / potential - self.kinetic_offset
 
     def kick_factor(self, energy: Tensor, potential: Tensor) -> Tensor:
         return 1.0 / potential
@@ -181,18 +207,23 @@ def get_hamiltonian(name: str, *, kinetic_offset: float = 1.0) -> Hamiltonian:
 
 
 def restoration_factor(
-    momentum_sq: Tensor, target_momentum_sq: Tensor, energy_tol: float
-) -> Tensor:
+    momentum_sq: Scalar, target_momentum_sq: Scalar, energy_tol: float
+) -> Scalar:
     """α of Algorithm 1: the rescaling Π ← α·Π that restores the energy.
 
     α = sqrt(Π²_target / Π²), except α = 1 when |Π² − Π²_target| < ε1 (``energy_tol``), when
     Π²_target < 0 (the state is off the energy shell, e.g. V > E for Born-Infeld) or when Π² = 0
-    (no direction to rescale). Never NaN for finite inputs.
+    (no direction to rescale). Never NaN for finite inputs. Floats in, float out; tensors in,
+    tensor out (elementwise).
     """
     skip = (
-        ((momentum_sq - target_momentum_sq).abs() < energy_tol)
+        (abs(momentum_sq - target_momentum_sq) < energy_tol)
         | (target_momentum_sq < 0)
         | (momentum_sq <= 0)
     )
-    safe_ratio = torch.where(skip, torch.ones_like(momentum_sq), target_momentum_sq / momentum_sq)
-    return torch.where(skip, torch.ones_like(momentum_sq), torch.sqrt(safe_ratio))
+    if not isinstance(skip, Tensor):
+        return 1.0 if skip else math.sqrt(target_momentum_sq / momentum_sq)
+    like = target_momentum_sq if isinstance(target_momentum_sq, Tensor) else momentum_sq
+    one = torch.ones_like(skip, dtype=like.dtype)
+    safe_ratio = torch.where(skip, one, target_momentum_sq / momentum_sq)
+    return torch.where(skip, one, torch.sqrt(safe_ratio))

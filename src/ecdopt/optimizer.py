@@ -31,7 +31,15 @@ from torch import Tensor
 
 from . import chaos
 from ._kernels import ecd_drift_, ecd_kick_, sum_of_squares
-from .hamiltonians import HAMILTONIANS, Hamiltonian, get_hamiltonian, restoration_factor
+from .hamiltonians import (
+    HAMILTONIANS,
+    Hamiltonian,
+    Scalar,
+    get_hamiltonian,
+    restoration_factor,
+    select,
+    sqrt,
+)
 
 __all__ = ["BBI", "ECD", "ECDSep", "MissingLossError", "NonFiniteLossWarning"]
 
@@ -186,17 +194,40 @@ def momentum_dtype(param: Tensor) -> torch.dtype:
     return param.dtype
 
 
-def adapted_floor(loss: Tensor, floor: Tensor) -> Tensor:
+def adapted_floor(objective: Scalar, floor: Scalar) -> Scalar:
     """The paper's adaptive ΔV (§3.3): a lowered floor F0' once V = F − F0 ≤ 0.
 
     The discrete dynamics overshoots a floor that is above the true minimum by a small amount
     o = F0 − F ≥ 0. The floor is reflected below the current loss, F0' = F − max(o, τ) with
-    τ = 1e-12·max(1, |F|), so the particle goes on with V = max(o, τ) > 0. Near a minimum the
-    overshoot shrinks with the gradient, so the floor settles just above the minimum.
+    τ = 1e-12·max(1, |F|), so the particle goes on with V = max(o, τ) > 0 (and restarts at
+    E = E(V', δE)). Near a minimum the overshoot shrinks with the gradient, so the floor settles
+    just above the minimum.
     """
-    overshoot = floor - loss
-    tiny = 1e-12 * torch.clamp(loss.abs(), min=1.0)
-    return loss - torch.maximum(overshoot, tiny)
+    overshoot = floor - objective
+    if isinstance(overshoot, Tensor):
+        tiny = 1e-12 * torch.clamp(objective.abs(), min=1.0)
+        return objective - torch.maximum(overshoot, tiny)
+    return objective - max(overshoot, 1e-12 * max(abs(objective), 1.0))
+
+
+def _isfinite(x: Scalar) -> bool | Tensor:
+    return torch.isfinite(x) if isinstance(x, Tensor) else math.isfinite(x)
+
+
+def _not(x: bool | Tensor) -> bool | Tensor:
+    return ~x if isinstance(x, Tensor) else not x
+
+
+_SCALAR_KEYS = (
+    "energy",
+    "loss_floor",
+    "best_objective",
+    "potential",
+    "momentum_sq",
+    "rescale",
+    "speed",
+)
+_COUNTER_KEYS = ("c0", "c1", "fixed_bounces_done", "bounces", "steps", "skipped")
 
 
 class ECD(torch.optim.Optimizer):
@@ -220,14 +251,19 @@ class ECD(torch.optim.Optimizer):
         stop_tol: ε2, nothing moves when V ≤ ε2.
         weight_decay: λ ≥ 0, adds ½·λ·|Θ|² to the loss inside V (per group).
         adapt_floor: lower F0 when the particle overshoots it (V ≤ 0), see :func:`adapted_floor`.
-        seed: seed of the optimizer's own generators (bounces, rotations); None: fresh entropy.
+        seed: seed of the random draws (bounces, rotations); None: fresh entropy.
         bounce_direction: ``"gaussian"`` (isotropic, default) or ``"uniform"`` (ξ in the cube
             [−½, ½]^n, as the authors' code: reproduces their figures, not isotropic).
-        foreach: use the multi-tensor (``torch._foreach_*``) path; None picks it on CUDA.
+        foreach: use the multi-tensor (``torch._foreach_*``) path; None: yes.
+        sync_free: keep every decision on the device (no host read per step). None: on for
+            non-CPU devices, off on the CPU (where reading a value costs nothing).
+        capturable: the step can be captured in a CUDA graph (implies ``sync_free``; needs the
+            bounce-free dynamics: ``bounce_period=None``, ``bounce_patience=None``, ``chaos=0``).
 
     ``step(closure)`` calls the closure once under ``torch.enable_grad()``;
     ``step(loss=loss)`` takes a loss whose ``backward()`` already ran. A NaN/inf loss or gradient
-    skips the step (nothing changes) with a :class:`NonFiniteLossWarning`.
+    leaves parameters and state unchanged (on the host path with a
+    :class:`NonFiniteLossWarning`).
     """
 
     def __init__(
@@ -252,6 +288,8 @@ class ECD(torch.optim.Optimizer):
         seed: int | None = None,
         bounce_direction: str = "gaussian",
         foreach: bool | None = None,
+        sync_free: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         _validate_lr(lr)
         _validate_weight_decay(weight_decay)
@@ -274,31 +312,38 @@ class ECD(torch.optim.Optimizer):
         _validate_config(self.config)
         if seed is not None and not (isinstance(seed, int) and seed >= 0):
             raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
+        self._has_chaos = (
+            (bounce_period is not None and n_bounces > 0)
+            or bounce_patience is not None
+            or self.config.chaos > 0
+        )
+        if capturable and self._has_chaos:
+            raise ValueError(
+                "capturable=True needs the bounce-free dynamics (bounce_period=None or "
+                "n_bounces=0, bounce_patience=None, chaos=0): random draws cannot be replayed "
+                "by a CUDA graph"
+            )
+        if sync_free is not None and not isinstance(sync_free, bool):
+            raise ValueError(f"sync_free must be True, False or None, got {sync_free!r}")
         self.seed = secrets.randbits(63) if seed is None else seed
+        self.capturable = bool(capturable)
+        self.sync_free = True if capturable else sync_free
         self.hamiltonian: Hamiltonian = get_hamiltonian(
             hamiltonian, kinetic_offset=self.config.kinetic_offset
         )
         defaults = {"lr": lr, "weight_decay": weight_decay, "foreach": foreach}
         super().__init__(params, defaults)
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._late_counters: tuple[Tensor, Any] | None = None
         self._ecd: dict[str, Any] = self._fresh_particle_state()
 
     # ------------------------------------------------------------------ state
     def _fresh_particle_state(self) -> dict[str, Any]:
         return {
             "initialized": False,
-            "steps": 0,
-            "c0": 0,
-            "c1": 0,
-            "fixed_bounces_done": 0,
-            "bounces": 0,
-            "energy": None,
-            "loss_floor": None,
-            "best_objective": None,
-            "potential": None,
-            "momentum_sq": None,
-            "rescale": None,
-            "speed": None,
+            "calls": 0,
+            **dict.fromkeys(_COUNTER_KEYS, 0),
+            **dict.fromkeys(_SCALAR_KEYS),
         }
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -314,18 +359,11 @@ class ECD(torch.optim.Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("weight_decay", 0.0)
         self.__dict__.setdefault("_generators", {})
+        self.__dict__.setdefault("_late_counters", None)
         self.__dict__.setdefault("_ecd", self._fresh_particle_state())
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generators.get(device)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[device] = gen
-        return gen
-
     def state_dict(self) -> dict[str, Any]:
-        """The usual optimizer state plus ``"ecd"``: energy, counters, best V, floor, RNG.
+        """The usual optimizer state plus ``"ecd"``: energy, counters, best V, floor, seed.
 
         Everything is a tensor, number, string or container of them, so
         ``torch.load(..., weights_only=True)`` reads it back.
@@ -333,7 +371,6 @@ class ECD(torch.optim.Optimizer):
         sd = super().state_dict()
         particle = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in self._ecd.items()}
         particle["seed"] = self.seed
-        particle["generators"] = {str(d): g.get_state() for d, g in self._generators.items()}
         particle["config"] = asdict(self.config)
         sd["ecd"] = particle
         return sd
@@ -359,16 +396,26 @@ class ECD(torch.optim.Optimizer):
             return
         particle = dict(particle)
         self.seed = int(particle.pop("seed", self.seed))
-        generator_states = particle.pop("generators", {})
         particle.pop("config", None)
-        self._generators = {}
-        for name, gen_state in generator_states.items():
-            self._generator(torch.device(name)).set_state(gen_state)
-        device = params[0].device if params else torch.device("cpu")
-        for key, value in particle.items():
-            if isinstance(value, Tensor):
-                particle[key] = value.to(device=device, dtype=torch.float64, copy=True)
-        self._ecd = {**self._fresh_particle_state(), **particle}
+        self._late_counters = None
+        self._ecd = {
+            **self._fresh_particle_state(),
+            **{k: (v.clone() if isinstance(v, Tensor) else v) for k, v in particle.items()},
+        }
+
+    def _place_state(self, device: torch.device, sync_free: bool) -> None:
+        """Scalars as floats/ints on the host path, as 0-dim device tensors on the sync-free one."""
+        s = self._ecd
+        for key in (*_SCALAR_KEYS, *_COUNTER_KEYS):
+            value = s[key]
+            if value is None:
+                continue
+            if sync_free:
+                dtype = torch.float64 if key in _SCALAR_KEYS else torch.int64
+                if not (isinstance(value, Tensor) and value.device == device):
+                    s[key] = torch.as_tensor(value, dtype=dtype).to(device)
+            elif isinstance(value, Tensor):
+                s[key] = value.item()
 
     # ------------------------------------------------------------ diagnostics
     def diagnostics(self) -> dict[str, float]:
@@ -376,13 +423,15 @@ class ECD(torch.optim.Optimizer):
 
         ``energy`` E, ``potential`` V of the last step, ``momentum_sq`` Π² after it, ``speed``
         |Θ̇| = D·|Π| (per unit Δt), ``rescale`` the last α, ``steps`` updates done, ``bounces``
-        performed, ``loss_floor`` the current F0.
+        performed, ``skipped`` steps skipped for a NaN/inf loss or gradient (the sync-free path
+        cannot warn without a host read: check this), ``loss_floor`` the current F0.
         """
         s = self._ecd
 
         def as_float(v: Any) -> float:
             return float("nan") if v is None else float(v)
 
+        floor = s["loss_floor"] if s["loss_floor"] is not None else self.config.loss_floor
         return {
             "energy": as_float(s["energy"]),
             "potential": as_float(s["potential"]),
@@ -391,9 +440,8 @@ class ECD(torch.optim.Optimizer):
             "rescale": as_float(s["rescale"]),
             "steps": float(s["steps"]),
             "bounces": float(s["bounces"]),
-            "loss_floor": as_float(
-                s["loss_floor"] if s["loss_floor"] is not None else self.config.loss_floor
-            ),
+            "skipped": float(s["skipped"]),
+            "loss_floor": float(floor),
         }
 
     # ------------------------------------------------------------------- step
@@ -403,39 +451,65 @@ class ECD(torch.optim.Optimizer):
         for group in self.param_groups:
             params, grads, momenta = [], [], []
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise ValueError("ECD does not support sparse gradients (got one for a param)")
-                if torch.is_complex(p) or torch.is_complex(p.grad):
+                if grad.is_complex() or p.is_complex():
                     raise ValueError("ECD does not support complex parameters or gradients")
                 state = self.state[p]
-                if "momentum" not in state:
-                    state["momentum"] = torch.zeros_like(
+                momentum = state.get("momentum")
+                if momentum is None:
+                    momentum = state["momentum"] = torch.zeros_like(
                         p, dtype=momentum_dtype(p), memory_format=torch.preserve_format
                     )
                 params.append(p)
-                grads.append(p.grad)
-                momenta.append(state["momentum"])
+                grads.append(grad)
+                momenta.append(momentum)
             if params:
                 out.append((group, params, grads, momenta))
         return out
 
-    @staticmethod
-    def _use_foreach(group: dict[str, Any], params: list[Tensor]) -> bool:
-        if group["foreach"] is not None:
-            return bool(group["foreach"])
-        return all(p.is_cuda for p in params)
+    def _draw(self, like: list[Tensor], step: int, stream: int, kind: str) -> list[Tensor]:
+        """ξ for ``stream`` at ``step``, keyed so other draws never shift it."""
+        key = chaos.keyed_seed(self.seed, step, stream)
+        gens = {}
+        for t in like:
+            if t.device not in gens:
+                gen = self._generators.get(t.device)
+                if gen is None:
+                    gen = self._generators[t.device] = torch.Generator(device=t.device)
+                gens[t.device] = gen.manual_seed(key)
+        return chaos.draw_direction(like, gens, kind)
 
-    def _draw(self, like: list[Tensor], kind: str | None = None) -> list[Tensor]:
-        """ξ for a bounce (``bounce_direction``) or a rotation (``"gaussian"``)."""
-        gens = {t.device: self._generator(t.device) for t in like}
-        return chaos.draw_direction(like, gens, kind or self.config.bounce_direction)
+    def _known_counters(self) -> tuple[int, int, int] | None:
+        """The counters at the start of this step as host ints, if the device already sent them
+        (a non-blocking copy queued by the previous step); None when not (yet) known."""
+        if self._late_counters is None:
+            return None
+        values, event = self._late_counters
+        if event is not None and not event.query():
+            return None
+        c0, c1, done = values.tolist()
+        return c0, c1, done
+
+    def _send_counters(self, device: torch.device) -> None:
+        s = self._ecd
+        counters = torch.stack([s["c0"], s["c1"], s["fixed_bounces_done"]])
+        if device.type == "cuda":
+            values = torch.empty(3, dtype=torch.int64, pin_memory=True)
+            values.copy_(counters, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._late_counters = (values, event)
+        else:
+            self._late_counters = (counters.cpu(), None)
 
     @torch.no_grad()
     def step(
         self, closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None
-    ) -> Tensor | None:
+    ) -> Tensor | float | None:
         """One ECD step (see the module docstring). Returns the loss."""
         if closure is not None and loss is not None:
             raise TypeError("pass either a closure or loss=..., not both")
@@ -444,101 +518,174 @@ class ECD(torch.optim.Optimizer):
                 loss = closure()
         if loss is None:
             raise MissingLossError(_MISSING_LOSS_MESSAGE)
-
         particle = self._particle()
         if not particle:
             return loss
         cfg, ham, s = self.config, self.hamiltonian, self._ecd
-        all_params = [p for _, ps, _, _ in particle for p in ps]
-        device = all_params[0].device
-        f64 = {"dtype": torch.float64, "device": device}
+        device = particle[0][1][0].device
+        sync_free = self.sync_free if self.sync_free is not None else device.type != "cpu"
+        host = not sync_free or not s["initialized"]  # the first step always reads values
+        self._place_state(device, sync_free and s["initialized"])
+        call = s["calls"]
+        s["calls"] = call + 1
 
+        # ---- pass 1: global reductions over the whole particle (float64, on the device)
         loss_value = torch.as_tensor(loss.detach() if isinstance(loss, Tensor) else loss)
         if loss_value.numel() != 1:
             shape = tuple(loss_value.shape)
             raise ValueError(f"loss must be a single number (a 0-dim tensor), got shape {shape}")
-        loss_value = loss_value.reshape(()).to(**f64)
+        grads = [g for _, _, gs, _ in particle for g in gs]
+        momenta = [m for _, _, _, ms in particle for m in ms]
+        decayed = [
+            (group["weight_decay"], ps)
+            for group, ps, _, _ in particle
+            if group["weight_decay"] != 0.0
+        ]
+        sums = [
+            loss_value.to(device=device, dtype=torch.float64).reshape(()),
+            sum_of_squares(grads, device),
+            *(sum_of_squares(ps, device) for _, ps in decayed),
+        ]
+        if host:
+            loss_f, grad_sq, *theta_sqs = torch.stack(sums).tolist()  # one read, free on CPU
+        else:
+            loss_f, grad_sq, *theta_sqs = sums
+        objective = loss_f
+        for (weight_decay, _), theta_sq in zip(decayed, theta_sqs, strict=True):
+            objective = objective + 0.5 * weight_decay * theta_sq
 
-        # ---- pass 1: global reductions over the whole particle
-        grad_sq = sum_of_squares([g for _, _, gs, _ in particle for g in gs], device)
-        objective = loss_value  # F + Σ ½ λ |Θ|², the loss the particle minimizes
-        for group, ps, _, _ in particle:
-            if group["weight_decay"] != 0.0:
-                objective = objective + 0.5 * group["weight_decay"] * sum_of_squares(ps, device)
-        floor = (
-            s["loss_floor"] if s["loss_floor"] is not None else torch.tensor(cfg.loss_floor, **f64)
-        )
-        finite = torch.isfinite(objective) & torch.isfinite(grad_sq)
-        below_floor = objective - floor <= 0
+        # ---- the decisions of this step, as host bools or device masks
+        floor = s["loss_floor"] if s["loss_floor"] is not None else cfg.loss_floor
+        finite = _isfinite(objective) & _isfinite(grad_sq)
+        below_floor = (objective - floor <= 0) & finite
         if cfg.adapt_floor:
-            floor = torch.where(below_floor, adapted_floor(objective, floor), floor)
+            floor = select(below_floor, adapted_floor(objective, floor), floor)
         effective = objective - floor  # F_eff
         potential = self._potential(effective)
-        best = s["best_objective"]
-        new_minimum = objective < best if best is not None else torch.ones((), dtype=torch.bool)
-        # One host read for every decision of this step (free on CPU).
-        is_finite, is_below_floor, is_stopped, is_new_minimum = torch.stack(
-            [finite, below_floor, potential <= cfg.stop_tol, new_minimum.to(device)]
-        ).tolist()
+        moving = finite & _not(potential <= cfg.stop_tol)
+        best = s["best_objective"] if s["best_objective"] is not None else math.inf
+        new_minimum = objective < best
 
-        if not is_finite:
-            warnings.warn(
-                "ECD step skipped: the loss or a gradient is NaN or infinite; parameters and "
-                "optimizer state are unchanged",
-                NonFiniteLossWarning,
-                stacklevel=2,
-            )
-            return loss
-        if is_below_floor and not s["initialized"] and not cfg.adapt_floor:
-            raise ValueError(
-                f"the loss ({loss_value.item():.6g}) is at or below loss_floor "
-                f"({floor.item():.6g}) at the first step, so V = F - F0 <= 0: pass a "
-                "loss_floor below the loss, or adapt_floor=True to lower it automatically"
-            )
-        if is_below_floor and cfg.adapt_floor and s["initialized"]:
-            # The floor moved: the particle restarts at E = E(V', δE), as at a first step; the
-            # next restoration puts Π (direction kept) on the new shell.
-            s["energy"] = ham.initial_energy(potential, cfg.extra_energy)
-        s["loss_floor"] = floor
-        s["potential"] = potential
-        if is_stopped:
-            return loss  # V <= ε2: the dynamics has reached the floor, nothing moves
-        if not s["initialized"]:
-            self._initialize(particle, potential)
+        if host:
+            if not finite:
+                s["skipped"] += 1
+                warnings.warn(
+                    "ECD step skipped: the loss or a gradient is NaN or infinite; parameters "
+                    "and optimizer state are unchanged",
+                    NonFiniteLossWarning,
+                    stacklevel=2,
+                )
+                return loss
+            if below_floor and not s["initialized"] and not cfg.adapt_floor:
+                raise ValueError(
+                    f"the loss ({loss_f:.6g}) is at or below loss_floor ({floor:.6g}) at the "
+                    "first step, so V = F - F0 <= 0: pass a loss_floor below the loss, or "
+                    "adapt_floor=True to lower it automatically"
+                )
+            s["loss_floor"], s["potential"] = floor, potential
+            if not moving:
+                return loss  # V <= ε2: the dynamics has reached the floor, nothing moves
+            if not s["initialized"]:
+                self._initialize(particle, potential, device)
+        else:
+            # a non-finite gradient must not reach Π or Θ: zero it (the step is masked anyway)
+            for g in grads:
+                g.masked_fill_(~finite, 0.0)
+            s["skipped"] = s["skipped"] + ~finite
+            s["loss_floor"] = floor
+            s["potential"] = select(finite, potential, s["potential"])
+        energy = s["energy"]
+        if cfg.adapt_floor:  # the floor moved: restart at E = E(V', δE), direction kept
+            energy = select(below_floor, ham.initial_energy(potential, cfg.extra_energy), energy)
+        self._update(
+            particle,
+            grads,
+            momenta,
+            energy,
+            potential,
+            effective,
+            objective,
+            moving,
+            new_minimum,
+            call,
+            host,
+            device,
+        )
+        if sync_free and host:  # the first step ran on the host: from now on, the device
+            self._place_state(device, True)
+            if self._has_chaos and not self.capturable:
+                self._send_counters(device)
+        return loss
 
+    def _update(
+        self,
+        particle,
+        grads,
+        momenta,
+        energy,
+        potential,
+        effective,
+        objective,
+        moving,
+        new_minimum,
+        call,
+        host,
+        device,
+    ) -> None:
+        """Bounce, restoration, kick, drift, rotation and bookkeeping (masked by ``moving``)."""
+        cfg, ham, s = self.config, self.hamiltonian, self._ecd
         # ---- chaos: a bounce merged into this step
+        c0, c1, done = s["c0"], s["c1"], s["fixed_bounces_done"]
         fixed, due = chaos.bounce_due(
-            s["c0"],
-            s["c1"],
-            s["fixed_bounces_done"],
+            c0,
+            c1,
+            done,
             bounce_period=cfg.bounce_period,
             n_bounces=cfg.n_bounces,
             bounce_patience=cfg.bounce_patience,
         )
-        momenta = [m for _, _, _, ms in particle for m in ms]
-        if due:
-            chaos.bounce_(momenta, self._draw(momenta))
-            s["c0"], s["c1"], s["fixed_bounces_done"] = chaos.counters_after_bounce(
-                s["c0"], s["c1"], s["fixed_bounces_done"], fixed, n_bounces=cfg.n_bounces
+        if host:
+            if due:
+                xi = self._draw(momenta, call, chaos.STREAM_BOUNCE, cfg.bounce_direction)
+                chaos.bounce_(momenta, xi)
+                c0, c1, done = chaos.counters_after_bounce(
+                    c0, c1, done, fixed, n_bounces=cfg.n_bounces
+                )
+                s["bounces"] += 1
+        elif self._has_chaos and not self.capturable:
+            due = due & moving
+            known = self._known_counters()
+            possibly_due = True
+            if known is not None:  # the host knows the counters: no draw unless a bounce is due
+                possibly_due = bool(
+                    chaos.bounce_due(
+                        *known,
+                        bounce_period=cfg.bounce_period,
+                        n_bounces=cfg.n_bounces,
+                        bounce_patience=cfg.bounce_patience,
+                    )[1]
+                )
+            if possibly_due:
+                xi = self._draw(momenta, call, chaos.STREAM_BOUNCE, cfg.bounce_direction)
+                chaos.bounce_(momenta, xi, mask=due)
+            after = chaos.counters_after_bounce(c0, c1, done, fixed, n_bounces=cfg.n_bounces)
+            c0, c1, done = (
+                torch.where(due, a, b) for a, b in zip(after, (c0, c1, done), strict=True)
             )
-            s["bounces"] += 1
+            s["bounces"] = s["bounces"] + due
 
-        # ---- restoration, kick, drift
-        energy = s["energy"]
-        momentum_sq = s["momentum_sq"]
+        # ---- restoration, kick, drift (symplectic Euler: kick with the old Θ, drift with new Π)
         if cfg.conserve_energy:
-            rescale = restoration_factor(
-                momentum_sq, ham.target_momentum_sq(energy, potential), cfg.energy_tol
-            )
+            target = ham.target_momentum_sq(energy, potential)
+            rescale = restoration_factor(s["momentum_sq"], target, cfg.energy_tol)
         else:
-            rescale = torch.ones((), **f64)
-        # ∇V = η·F_eff**(η−1)·∇F_eff
-        grad_factor = (
-            cfg.loss_power * effective ** (cfg.loss_power - 1.0)
-            if cfg.loss_power != 1.0
-            else torch.ones((), **f64)
-        )
-        kick = ham.kick_factor(energy, potential) * grad_factor
+            rescale = 1.0
+        kick = ham.kick_factor(energy, potential)
+        if cfg.loss_power != 1.0:  # ∇V = η·F_eff**(η−1)·∇F_eff
+            kick = kick * cfg.loss_power * effective ** (cfg.loss_power - 1.0)
+        if not host:
+            rescale = torch.where(moving, rescale, 1.0)
+            kick = torch.where(moving, kick, 0.0)
         for group, ps, gs, ms in particle:
             ecd_kick_(
                 ps,
@@ -547,39 +694,57 @@ class ECD(torch.optim.Optimizer):
                 rescale=rescale,
                 kick=group["lr"] * kick,
                 weight_decay=group["weight_decay"],
-                foreach=self._use_foreach(group, ps),
+                foreach=group["foreach"] is not False,
             )
         momentum_sq = sum_of_squares(momenta, device)
+        if host:
+            momentum_sq = momentum_sq.item()
         drift = ham.drift_factor(energy, potential, momentum_sq)
+        if not host:
+            drift = torch.where(moving, drift, 0.0)
         for group, ps, _, ms in particle:
-            ecd_drift_(ps, ms, drift=group["lr"] * drift, foreach=self._use_foreach(group, ps))
+            ecd_drift_(ps, ms, drift=group["lr"] * drift, foreach=group["foreach"] is not False)
         if cfg.chaos > 0:
-            chaos.rotate_(momenta, self._draw(momenta, "gaussian"), cfg.chaos)
+            xi = self._draw(momenta, call, chaos.STREAM_ROTATION, "gaussian")
+            chaos.rotate_(momenta, xi, cfg.chaos, mask=None if host else moving)
 
         # ---- bookkeeping
-        s["c0"], s["c1"] = chaos.counters_after_update(s["c0"], s["c1"], is_new_minimum)
-        s["best_objective"] = objective if best is None else torch.minimum(best, objective)
+        c0_next, c1_next = chaos.counters_after_update(c0, c1, new_minimum)
+        best = s["best_objective"] if s["best_objective"] is not None else math.inf
+        if host:
+            s["c0"], s["c1"], s["fixed_bounces_done"] = c0_next, c1_next, done
+            s["best_objective"] = min(best, objective)
+            s["steps"] += 1
+        else:
+            s["c0"] = torch.where(moving, c0_next, c0)
+            s["c1"] = torch.where(moving, c1_next, c1)
+            s["fixed_bounces_done"] = done
+            s["best_objective"] = torch.where(
+                moving,
+                torch.minimum(torch.as_tensor(best, dtype=torch.float64, device=device), objective),
+                best,
+            )
+            s["steps"] = s["steps"] + moving
+            if self._has_chaos and not self.capturable:
+                self._send_counters(device)
+        s["energy"] = energy
         s["momentum_sq"] = momentum_sq
         s["rescale"] = rescale
-        s["speed"] = drift * momentum_sq.sqrt()
-        s["steps"] += 1
-        return loss
+        s["speed"] = drift * sqrt(momentum_sq)
 
-    def _potential(self, effective: Tensor) -> Tensor:
+    def _potential(self, effective: Scalar) -> Scalar:
         """V = g(F_eff) = F_eff**η for F_eff > 0; F_eff itself otherwise (V ≤ 0: stopped)."""
-        if self.config.loss_power == 1.0:
+        eta = self.config.loss_power
+        if eta == 1.0:
             return effective
-        positive = torch.clamp(effective, min=torch.finfo(torch.float64).tiny)
-        return torch.where(effective > 0, positive**self.config.loss_power, effective)
+        if isinstance(effective, Tensor):
+            positive = torch.clamp(effective, min=torch.finfo(torch.float64).tiny)
+            return torch.where(effective > 0, positive**eta, effective)
+        return effective**eta if effective > 0 else effective
 
-    def _initialize(
-        self,
-        particle: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]],
-        potential: Tensor,
-    ) -> None:
+    def _initialize(self, particle, potential: float, device: torch.device) -> None:
         """E = E(V0, δE) (eq. 13) and Π0 = −∇V/|∇V|·sqrt(Π²_target(E, V0)) (eq. 14)."""
         s, ham, cfg = self._ecd, self.hamiltonian, self.config
-        device = potential.device
         energy = ham.initial_energy(potential, cfg.extra_energy)
         # the direction of ∇F_eff = ∇F + λ·Θ (∇V is parallel to it)
         directions = []
@@ -589,20 +754,19 @@ class ECD(torch.optim.Optimizer):
                 if group["weight_decay"] != 0.0:
                     d = d + group["weight_decay"] * p.to(d.dtype)
                 directions.append(d)
-        norm_sq = sum_of_squares(directions, device)
-        if bool(norm_sq <= 0):
-            directions = self._draw(directions)  # zero gradient: a random direction, not NaN
-            norm_sq = sum_of_squares(directions, device)
+        norm_sq = sum_of_squares(directions, device).item()
+        sign = -1.0
+        if not norm_sq > 0:  # zero gradient: a random direction, not NaN
+            directions = self._draw(directions, 0, chaos.STREAM_INITIAL, "gaussian")
+            norm_sq = sum_of_squares(directions, device).item()
             sign = 1.0
-        else:
-            sign = -1.0
-        speed = torch.sqrt(torch.clamp(ham.target_momentum_sq(energy, potential), min=0.0))
-        scale = sign * speed / torch.sqrt(norm_sq)
+        speed = math.sqrt(max(ham.target_momentum_sq(energy, potential), 0.0))
+        scale = sign * speed / math.sqrt(norm_sq)
         momenta = [m for _, _, _, ms in particle for m in ms]
         for m, d in zip(momenta, directions, strict=True):
-            m.copy_(d * scale.to(d.device, d.dtype))
+            m.copy_(d).mul_(scale)
         s["energy"] = energy
-        s["momentum_sq"] = sum_of_squares(momenta, device)
+        s["momentum_sq"] = sum_of_squares(momenta, device).item()
         s["initialized"] = True
 
 
@@ -632,6 +796,8 @@ class BBI(ECD):
         seed: int | None = None,
         bounce_direction: str = "gaussian",
         foreach: bool | None = None,
+        sync_free: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -652,6 +818,8 @@ class BBI(ECD):
             seed=seed,
             bounce_direction=bounce_direction,
             foreach=foreach,
+            sync_free=sync_free,
+            capturable=capturable,
         )
 
 
@@ -680,6 +848,7 @@ class ECDSep(ECD):
         adapt_floor: bool = False,
         seed: int | None = None,
         foreach: bool | None = None,
+        sync_free: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -700,4 +869,5 @@ class ECDSep(ECD):
             adapt_floor=adapt_floor,
             seed=seed,
             foreach=foreach,
+            sync_free=sync_free,
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .chaos import draw_direction
+from .chaos import STREAM_BOUNCE, STREAM_INITIAL, STREAM_ROTATION, draw_direction, keyed_seed
 
 __all__ = ["ReferenceResult", "algorithm1"]
 
@@ -69,9 +69,14 @@ def algorithm1(
     theta = [[p.detach().clone() for p in g["params"]] for g in groups]
     lrs = [float(g["lr"]) for g in groups]
     lams = [float(g.get("weight_decay", 0.0)) for g in groups]
-    gen = torch.Generator(device=theta[0][0].device)
-    gen.manual_seed(seed)
+    device = theta[0][0].device
     result = ReferenceResult()
+
+    def xi_for(like: list[Tensor], stream: int, kind: str) -> list[Tensor]:
+        """ξ of the update about to happen (index len(thetas)), keyed as the optimizer keys it."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(keyed_seed(seed, len(result.thetas), stream))
+        return draw_direction(like, gen, kind)
 
     def potential_and_gradient() -> tuple[float, list[list[Tensor]]]:
         flat = [p.detach().clone().requires_grad_(True) for g in theta for p in g]
@@ -129,7 +134,7 @@ def algorithm1(
     if norm > 0:
         Pi = [[-x / norm * Pi_norm for x in row] for row in gradV]
     else:
-        xi = draw_direction([x for row in gradV for x in row], gen, bounce_direction)
+        xi = xi_for([x for row in gradV for x in row], STREAM_INITIAL, "gaussian")
         xi_norm = math.sqrt(_dot(xi, xi))
         it = iter(xi)
         Pi = [[next(it) / xi_norm * Pi_norm for _ in row] for row in gradV]
@@ -160,7 +165,7 @@ def algorithm1(
                 for gi, g in enumerate(theta)
             ]
             if nu > 0:  # ECDSep rotation: Π ← |Π| u/|u|, u = Π/|Π| + ν ξ
-                xi = draw_direction(flat_Pi, gen, "gaussian")
+                xi = xi_for(flat_Pi, STREAM_ROTATION, "gaussian")
                 Pi_norm = math.sqrt(Pi2_new)
                 u = [x / Pi_norm + nu * z for x, z in zip(flat_Pi, xi, strict=True)]
                 u_norm = math.sqrt(_dot(u, u))
@@ -177,7 +182,7 @@ def algorithm1(
             V, gradV = potential_and_gradient()
         else:
             flat_Pi = [x for row in Pi for x in row]
-            Pi_N = draw_direction(flat_Pi, gen, bounce_direction)
+            Pi_N = xi_for(flat_Pi, STREAM_BOUNCE, bounce_direction)
             scale = math.sqrt(_dot(flat_Pi, flat_Pi) / _dot(Pi_N, Pi_N))
             it = iter(Pi_N)
             Pi = [[next(it) * scale for _ in row] for row in Pi]
