@@ -76,7 +76,10 @@ def optimizer_factories(device: torch.device) -> dict[str, Callable]:
         "bbi": lambda ps: ecdopt.BBI(ps, lr=1e-3, **bbi_kwargs),
         "bbi_foreach": lambda ps: ecdopt.BBI(ps, lr=1e-3, foreach=True, **bbi_kwargs),
         "bbi_per_tensor": lambda ps: ecdopt.BBI(ps, lr=1e-3, foreach=False, **bbi_kwargs),
+        "bbi_fused": lambda ps: ecdopt.BBI(ps, lr=1e-3, fused=True, **bbi_kwargs),
+        "bbi_sync_free": lambda ps: ecdopt.BBI(ps, lr=1e-3, sync_free=True, **bbi_kwargs),
         "ecdsep": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0),
+        "ecdsep_fused": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0, fused=True),
     }
     return factories
 
@@ -93,8 +96,12 @@ def count_syncs(fn: Callable[[], None]) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def bench_set(name: str, shapes, device: torch.device, rounds: int, steps: int) -> dict:
+def bench_set(
+    name: str, shapes, device: torch.device, rounds: int, steps: int, only: set[str] | None
+) -> dict:
     factories = optimizer_factories(device)
+    if only:
+        factories = {k: v for k, v in factories.items() if k in only or k == "sgd_foreach"}
     runs = {}
     for opt_name, factory in factories.items():
         params = make_params(shapes, device)
@@ -156,6 +163,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--sets", default="resnet18,mlp,transformer")
+    parser.add_argument("--only", default=None, help="comma-separated optimizer names")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,7 +182,8 @@ def main() -> None:
             continue
         steps = args.steps if name != "mlp" else args.steps * 20
         print(f"{name}: timing {steps} steps x {args.rounds} rounds ...", flush=True)
-        results["sets"][name] = bench_set(name, sets[name], device, args.rounds, steps)
+        only = set(args.only.split(",")) if args.only else None
+        results["sets"][name] = bench_set(name, sets[name], device, args.rounds, steps, only)
 
     header = f"{'set':<12}{'optimizer':<16}{'median ms':>11}{'x SGD-foreach':>15}"
     if device.type == "cuda":

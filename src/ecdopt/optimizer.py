@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from . import chaos
-from ._kernels import ecd_drift_, ecd_kick_, sum_of_squares
+from ._kernels import ecd_drift_, ecd_kick_, fused_drift_, fused_kick_drift_, sum_of_squares
 from .hamiltonians import (
     HAMILTONIANS,
     Hamiltonian,
@@ -255,10 +255,20 @@ class ECD(torch.optim.Optimizer):
         bounce_direction: ``"gaussian"`` (isotropic, default) or ``"uniform"`` (ξ in the cube
             [−½, ½]^n, as the authors' code: reproduces their figures, not isotropic).
         foreach: use the multi-tensor (``torch._foreach_*``) path; None: yes.
+        fused: run the kick, drift and Π² of each param group as one ``torch.compile``-d
+            function (one fused loop per tensor: SGD's memory traffic). Compiles on the first
+            step (seconds to a minute); all params must be on one device. None: off.
         sync_free: keep every decision on the device (no host read per step). None: on for
             non-CPU devices, off on the CPU (where reading a value costs nothing).
         capturable: the step can be captured in a CUDA graph (implies ``sync_free``; needs the
             bounce-free dynamics: ``bounce_period=None``, ``bounce_patience=None``, ``chaos=0``).
+        process_group: the ``torch.distributed`` group the particle is replicated over (None:
+            the default group).
+        reduce_loss: average the loss over ``process_group`` before it defines V, so that every
+            replica of a data-parallel run sees the same V (DDP averages the gradients, this
+            averages the loss: the replicas then follow the full-batch particle). None: on when
+            ``torch.distributed`` is initialized with more than one rank. Turn it off only when
+            the ranks train independent particles (e.g. one ensemble member per rank).
 
     ``step(closure)`` calls the closure once under ``torch.enable_grad()``;
     ``step(loss=loss)`` takes a loss whose ``backward()`` already ran. A NaN/inf loss or gradient
@@ -288,8 +298,11 @@ class ECD(torch.optim.Optimizer):
         seed: int | None = None,
         bounce_direction: str = "gaussian",
         foreach: bool | None = None,
+        fused: bool | None = None,
         sync_free: bool | None = None,
         capturable: bool = False,
+        process_group: Any = None,
+        reduce_loss: bool | None = None,
     ) -> None:
         _validate_lr(lr)
         _validate_weight_decay(weight_decay)
@@ -325,7 +338,13 @@ class ECD(torch.optim.Optimizer):
             )
         if sync_free is not None and not isinstance(sync_free, bool):
             raise ValueError(f"sync_free must be True, False or None, got {sync_free!r}")
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"fused must be True, False or None, got {fused!r}")
+        self.fused = bool(fused)
         self.seed = secrets.randbits(63) if seed is None else seed
+        self._seed_given = seed is not None
+        self.process_group = process_group
+        self.reduce_loss = reduce_loss
         self.capturable = bool(capturable)
         self.sync_free = True if capturable else sync_free
         self.hamiltonian: Hamiltonian = get_hamiltonian(
@@ -506,6 +525,32 @@ class ECD(torch.optim.Optimizer):
         else:
             self._late_counters = (counters.cpu(), None)
 
+    def _distributed(self) -> bool:
+        """Whether the loss is averaged over the process group (see ``reduce_loss``)."""
+        if self.reduce_loss is False or not torch.distributed.is_available():
+            return False
+        if not torch.distributed.is_initialized():
+            if self.reduce_loss:
+                raise RuntimeError("reduce_loss=True needs torch.distributed to be initialized")
+            return False
+        world = torch.distributed.get_world_size(self.process_group)
+        if world > 1 and not self._seed_given and not self._ecd["initialized"]:
+            # every replica must draw the same bounce directions: take rank 0's seed
+            seed = [self.seed]
+            torch.distributed.broadcast_object_list(seed, src=0, group=self.process_group)
+            self.seed = int(seed[0])
+            self._seed_given = True
+        return world > 1
+
+    def _start_loss_reduction(self, loss_value: Tensor) -> tuple[Any, int, Tensor]:
+        """Start the all-reduce (sum) of a copy of the loss; returns (work, world, buffer)."""
+        world = torch.distributed.get_world_size(self.process_group)
+        buffer = loss_value.clone()
+        work = torch.distributed.all_reduce(
+            buffer, op=torch.distributed.ReduceOp.SUM, group=self.process_group, async_op=True
+        )
+        return work, world, buffer
+
     @torch.no_grad()
     def step(
         self, closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None
@@ -534,6 +579,8 @@ class ECD(torch.optim.Optimizer):
         if loss_value.numel() != 1:
             shape = tuple(loss_value.shape)
             raise ValueError(f"loss must be a single number (a 0-dim tensor), got shape {shape}")
+        loss_value = loss_value.to(device=device, dtype=torch.float64).reshape(())
+        pending = self._start_loss_reduction(loss_value) if self._distributed() else None
         grads = [g for _, _, gs, _ in particle for g in gs]
         momenta = [m for _, _, _, ms in particle for m in ms]
         decayed = [
@@ -541,8 +588,12 @@ class ECD(torch.optim.Optimizer):
             for group, ps, _, _ in particle
             if group["weight_decay"] != 0.0
         ]
+        if pending is not None:  # the all-reduce ran while the local sums were computed
+            work, world, total = pending
+            work.wait()
+            loss_value = total / world
         sums = [
-            loss_value.to(device=device, dtype=torch.float64).reshape(()),
+            loss_value,
             sum_of_squares(grads, device),
             *(sum_of_squares(ps, device) for _, ps in decayed),
         ]
@@ -686,24 +737,29 @@ class ECD(torch.optim.Optimizer):
         if not host:
             rescale = torch.where(moving, rescale, 1.0)
             kick = torch.where(moving, kick, 0.0)
-        for group, ps, gs, ms in particle:
-            ecd_kick_(
-                ps,
-                gs,
-                ms,
-                rescale=rescale,
-                kick=group["lr"] * kick,
-                weight_decay=group["weight_decay"],
-                foreach=group["foreach"] is not False,
+        if self.fused:
+            momentum_sq, drift = self._fused_kick_drift(
+                particle, rescale, kick, energy, potential, moving, host, device
             )
-        momentum_sq = sum_of_squares(momenta, device)
-        if host:
-            momentum_sq = momentum_sq.item()
-        drift = ham.drift_factor(energy, potential, momentum_sq)
-        if not host:
-            drift = torch.where(moving, drift, 0.0)
-        for group, ps, _, ms in particle:
-            ecd_drift_(ps, ms, drift=group["lr"] * drift, foreach=group["foreach"] is not False)
+        else:
+            for group, ps, gs, ms in particle:
+                ecd_kick_(
+                    ps,
+                    gs,
+                    ms,
+                    rescale=rescale,
+                    kick=group["lr"] * kick,
+                    weight_decay=group["weight_decay"],
+                    foreach=group["foreach"] is not False,
+                )
+            momentum_sq = sum_of_squares(momenta, device)
+            if host:
+                momentum_sq = momentum_sq.item()
+            drift = ham.drift_factor(energy, potential, momentum_sq)
+            if not host:
+                drift = torch.where(moving, drift, 0.0)
+            for group, ps, _, ms in particle:
+                ecd_drift_(ps, ms, drift=group["lr"] * drift, foreach=group["foreach"] is not False)
         if cfg.chaos > 0:
             xi = self._draw(momenta, call, chaos.STREAM_ROTATION, "gaussian")
             chaos.rotate_(momenta, xi, cfg.chaos, mask=None if host else moving)
@@ -731,6 +787,44 @@ class ECD(torch.optim.Optimizer):
         s["momentum_sq"] = momentum_sq
         s["rescale"] = rescale
         s["speed"] = drift * sqrt(momentum_sq)
+
+    def _fused_kick_drift(self, particle, rescale, kick, energy, potential, moving, host, device):
+        """The ``fused=True`` kick and drift; returns (Π² after the kick, the drift factor D)."""
+        ham = self.hamiltonian
+
+        def as_tensor(x: Scalar) -> Tensor:
+            return (
+                x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float64, device=device)
+            )
+
+        if any(p.device != device for _, ps, _, _ in particle for p in ps):
+            raise ValueError("fused=True needs every parameter on one device")
+        drift_first = not ham.drift_uses_momentum_sq
+        drift = (
+            ham.drift_factor(energy, potential, self._ecd["momentum_sq"]) if drift_first else None
+        )
+        if drift is not None and not host:
+            drift = torch.where(moving, drift, 0.0)
+        momentum_sq = torch.zeros((), dtype=torch.float64, device=device)
+        for group, ps, gs, ms in particle:
+            momentum_sq = momentum_sq + fused_kick_drift_(
+                ps,
+                gs,
+                ms,
+                rescale=as_tensor(rescale),
+                kick=as_tensor(group["lr"] * kick),
+                drift=None if drift is None else as_tensor(group["lr"] * drift),
+                weight_decay=float(group["weight_decay"]),
+            )
+        if host:
+            momentum_sq = momentum_sq.item()
+        if drift is None:
+            drift = ham.drift_factor(energy, potential, momentum_sq)
+            if not host:
+                drift = torch.where(moving, drift, 0.0)
+            for group, ps, _, ms in particle:
+                fused_drift_(ps, ms, drift=as_tensor(group["lr"] * drift))
+        return momentum_sq, drift
 
     def _potential(self, effective: Scalar) -> Scalar:
         """V = g(F_eff) = F_eff**η for F_eff > 0; F_eff itself otherwise (V ≤ 0: stopped)."""
@@ -796,8 +890,11 @@ class BBI(ECD):
         seed: int | None = None,
         bounce_direction: str = "gaussian",
         foreach: bool | None = None,
+        fused: bool | None = None,
         sync_free: bool | None = None,
         capturable: bool = False,
+        process_group: Any = None,
+        reduce_loss: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -818,8 +915,11 @@ class BBI(ECD):
             seed=seed,
             bounce_direction=bounce_direction,
             foreach=foreach,
+            fused=fused,
             sync_free=sync_free,
             capturable=capturable,
+            process_group=process_group,
+            reduce_loss=reduce_loss,
         )
 
 
@@ -848,7 +948,10 @@ class ECDSep(ECD):
         adapt_floor: bool = False,
         seed: int | None = None,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sync_free: bool | None = None,
+        process_group: Any = None,
+        reduce_loss: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -869,5 +972,8 @@ class ECDSep(ECD):
             adapt_floor=adapt_floor,
             seed=seed,
             foreach=foreach,
+            fused=fused,
             sync_free=sync_free,
+            process_group=process_group,
+            reduce_loss=reduce_loss,
         )
