@@ -1,0 +1,492 @@
+"""The paper's three synthetic protocols (§4.1 Ackley, §4.2 Zakharov, §4.3 two basins).
+
+Each ``*_protocol`` function returns ``(summary, extras)``: ``summary`` is the JSON-ready dict the
+``ecdopt synthetic`` command writes, ``extras`` holds tensors for the plots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from ecdopt.ensemble import simulate
+from ecdopt.experiments.synthetic_tuning import Method, run_method, tune
+from ecdopt.landscapes import ackley, make_two_basin, two_basin, zakharov
+from ecdopt.theory import (
+    basin_log_volume,
+    basin_volume_numeric,
+    hessians,
+    in_basin,
+    predicted_ratio,
+)
+
+__all__ = [
+    "ACKLEY_START",
+    "AckleyConfig",
+    "BasinsConfig",
+    "ZakharovConfig",
+    "ackley_methods",
+    "ackley_protocol",
+    "basins_protocol",
+    "zakharov_methods",
+    "zakharov_protocol",
+]
+
+F64 = torch.float64
+#: the fixed start of the Ackley search (the authors' notebook)
+ACKLEY_START = (-4.0, 3.0)
+Progress = Callable[[int], None]
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+def _progress_callback(progress: Progress, every: int = 200):
+    """An ensemble callback that reports progress every ``every`` steps."""
+
+    def cb(k: int, theta: Tensor, value: Tensor) -> None:
+        if k and k % every == 0:
+            progress(every)
+
+    return cb
+
+
+# --------------------------------------------------------------------------------------------
+# §4.1 Ackley
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AckleyConfig:
+    """Protocol numbers of §4.1 (defaults: the paper's)."""
+
+    b: float = 0.2
+    trials: int = 500
+    tune_steps: int = 200
+    batch: int = 50
+    starts: int = 100
+    repeats: int = 5
+    steps: int = 30_000
+    target: float = 5e-4
+    seed: int = 0
+    methods: tuple[str, ...] = ("bbi", "sgdm", "adam", "ecdsep")
+    bounce_direction: str = "gaussian"  # BBI's; the authors' code drew "uniform"
+
+
+def ackley_methods() -> dict[str, Method]:
+    """BBI (δE = 2, T0 = 20, N_b = 4, T1 = 100, ΔV = 1e-4; tune Δt) and the baselines."""
+    return {
+        "bbi": Method(
+            "bbi",
+            "ecd",
+            dict(
+                extra_energy=2.0,
+                loss_floor=1e-4,
+                bounce_period=20,
+                n_bounces=4,
+                bounce_patience=100,
+            ),
+            {"lr": (1e-6, 1e-2, True)},
+        ),
+        "sgdm": Method("sgdm", "sgd", {}, {"lr": (1e-4, 0.5, True), "momentum": (0.0, 1.0, False)}),
+        "adam": Method("adam", "adam", {}, {"lr": (1e-4, 0.5, True)}),
+        "ecdsep": Method(
+            "ecdsep",
+            "ecd",
+            dict(
+                hamiltonian="separable",
+                extra_energy=2.0,
+                loss_floor=1e-4,
+                chaos=1e-5,
+                bounce_period=None,
+                bounce_patience=None,
+            ),
+            {"lr": (1e-5, 1e-1, True), "loss_power": (0.5, 2.0, False)},
+        ),
+    }
+
+
+def ackley_protocol(
+    cfg: AckleyConfig, progress: Progress = _noop, record_curves: bool = True
+) -> tuple[dict, dict]:
+    """§4.1: tune each method at (−4, 3), then evolve ``starts`` × ``repeats`` runs.
+
+    A run stops once it visits F < target; a start succeeds if any of its runs did.
+    """
+    fn = lambda t: ackley(t, b=cfg.b)  # noqa: E731
+    start = torch.tensor(ACKLEY_START, dtype=F64)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    starts = torch.rand(cfg.starts, 2, generator=gen, dtype=F64) * 8.0 - 4.0
+    theta0 = starts.repeat_interleave(cfg.repeats, dim=0)
+    methods = ackley_methods()
+    results, hyper, extras = {}, {}, {"starts": starts, "curves": {}}
+    for name in cfg.methods:
+        method = methods[name]
+        if name == "bbi":
+            method = replace(
+                method, fixed={**method.fixed, "bounce_direction": cfg.bounce_direction}
+            )
+        tuned = tune(
+            method,
+            fn,
+            start,
+            trials=cfg.trials,
+            steps=cfg.tune_steps,
+            batch=cfg.batch,
+            seed=cfg.seed,
+            on_batch=lambda k: progress(k * cfg.tune_steps),
+        )
+        hyper[name] = {**_jsonable(method.fixed), **tuned.params, "tuning_objective": tuned.value}
+        res = run_method(
+            method,
+            fn,
+            theta0,
+            cfg.steps,
+            tuned.params,
+            seed=cfg.seed + 1,
+            target=cfg.target,
+            stop_at_target=True,
+            callback=_progress_callback(progress),
+        )
+        progress(max(0, cfg.steps - (res.steps // 200) * 200))
+        hit = (res.steps_to_target >= 0).view(cfg.starts, cfg.repeats)
+        steps_ok = res.steps_to_target[res.steps_to_target >= 0].double()
+        results[name] = {
+            "starts": cfg.starts,
+            "successes": int(hit.any(dim=1).sum()),
+            "run_successes": int(hit.sum()),
+            "runs": cfg.starts * cfg.repeats,
+            "median_steps": float(steps_ok.median()) if steps_ok.numel() else None,
+        }
+        if record_curves:  # Figs. 2-3: one run from the tuning start, with the tuned values
+            curve = run_method(
+                method,
+                fn,
+                start[None],
+                cfg.steps,
+                tuned.params,
+                seed=cfg.seed + 2,
+                target=cfg.target,
+                stop_at_target=True,
+                record_every=1,
+            )
+            extras["curves"][name] = (curve.history_theta[:, 0], curve.history_value[:, 0])
+    summary = {
+        "target": cfg.target,
+        "ackley_b": cfg.b,
+        "start_for_tuning": list(ACKLEY_START),
+        "protocol": {
+            "trials": cfg.trials,
+            "tune_steps": cfg.tune_steps,
+            "starts": cfg.starts,
+            "repeats": cfg.repeats,
+            "steps": cfg.steps,
+            "seed": cfg.seed,
+        },
+        "results": results,
+        "hyperparameters": hyper,
+    }
+    return summary, extras
+
+
+# --------------------------------------------------------------------------------------------
+# §4.2 Zakharov
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZakharovConfig:
+    """Protocol numbers of §4.2 (defaults: the paper's)."""
+
+    dim: int = 10
+    trials: int = 500
+    tune_steps: int = 2500
+    batch: int = 50
+    steps: int = 10_000
+    seed: int = 0
+    methods: tuple[str, ...] = ("bbi", "sgdm", "sgdm_narrow", "adam", "ecdsep")
+    thresholds: tuple[float, ...] = (1e-6, 1e-10, 1e-20)
+
+
+def zakharov_methods() -> dict[str, Method]:
+    """BBI (δE = 0, bounces off, ΔV = 1e-22; Δt ∈ [1e-6, 1e-2]) and the baselines."""
+    gdm_space = {"lr": (1e-10, 0.5, True), "momentum": (0.0, 1.0, False)}
+    return {
+        "bbi": Method(
+            "bbi",
+            "ecd",
+            dict(extra_energy=0.0, loss_floor=1e-22, bounce_period=None, bounce_patience=None),
+            {"lr": (1e-6, 1e-2, True)},
+        ),
+        "sgdm": Method("sgdm", "sgd", {}, gdm_space),
+        "sgdm_narrow": Method("sgdm_narrow", "sgd", {}, {**gdm_space, "lr": (1e-10, 1e-5, True)}),
+        "adam": Method("adam", "adam", {}, {"lr": (1e-6, 1.0, True)}),
+        "ecdsep": Method(
+            "ecdsep",
+            "ecd",
+            dict(
+                hamiltonian="separable",
+                loss_floor=1e-22,
+                chaos=1e-5,
+                bounce_period=None,
+                bounce_patience=None,
+            ),
+            {"lr": (1e-6, 1e-1, True), "loss_power": (0.5, 2.0, False)},
+        ),
+    }
+
+
+def _first_below(values: Tensor, threshold: float) -> int | None:
+    idx = torch.nonzero(values < threshold)
+    return int(idx[0]) if idx.numel() else None
+
+
+def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[dict, dict]:
+    """§4.2: tune each method from (−1, …, −1), then run ``steps`` steps with the best values."""
+    start = -torch.ones(cfg.dim, dtype=F64)
+    methods = zakharov_methods()
+    results, hyper, curves = {}, {}, {}
+    for name in cfg.methods:
+        method = methods[name]
+        tuned = tune(
+            method,
+            zakharov,
+            start,
+            trials=cfg.trials,
+            steps=cfg.tune_steps,
+            batch=cfg.batch,
+            seed=cfg.seed,
+            on_batch=lambda k: progress(k * cfg.tune_steps),
+        )
+        hyper[name] = {**_jsonable(method.fixed), **tuned.params, "tuning_objective": tuned.value}
+        res = run_method(
+            method, zakharov, start[None], cfg.steps, tuned.params, seed=cfg.seed, record_every=1
+        )
+        progress(cfg.steps)
+        values = res.history_value[:, 0]
+        curves[name] = values
+        results[name] = {
+            "final_loss": float(res.value[0]),
+            "best_loss": float(res.best_value[0]),
+            "steps_to": {f"{t:.0e}": _first_below(values, t) for t in cfg.thresholds},
+        }
+    summary = {
+        "dim": cfg.dim,
+        "start": -1.0,
+        "protocol": {
+            "trials": cfg.trials,
+            "tune_steps": cfg.tune_steps,
+            "steps": cfg.steps,
+            "seed": cfg.seed,
+        },
+        "results": results,
+        "hyperparameters": hyper,
+    }
+    return summary, {"curves": curves}
+
+
+# --------------------------------------------------------------------------------------------
+# §4.3 two basins
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BasinsConfig:
+    """The two-basin protocol as the authors' notebook ran it (§4.3, Figs. 5-6)."""
+
+    runs: int = 4000
+    steps: int = 25_000
+    lr: float = 1e-2
+    loss_floor: float = 1e-3
+    extra_energy: float = 0.0
+    bounce_period: int = 20
+    n_bounces: int = 1
+    bounce_patience: int = 750
+    epsilon: float = 2.75e-6
+    start: tuple[float, float] = (10.0, -10.0)
+    bounce_direction: str = "gaussian"
+    seed: int = 0
+    trajectories: int = 10
+    # beyond the paper: time-averaged occupation with the floor below the minima (V_I > 0)
+    occupation_runs: int = 200
+    occupation_steps: int = 20_000
+    occupation_burn_in: int = 2_000
+    occupation_v_min: float = 1e-3
+
+
+def basin_regions(epsilon: float) -> tuple[Tensor, Tensor]:
+    """Centres c_I (the exact minima) and Hessians H_I of eq. 17 for the |η_I| < 1 regions."""
+    land = make_two_basin(epsilon)
+    return land.minima, hessians(land.fn, land.minima)
+
+
+def _classifier(centers: Tensor, hess: Tensor, labels: Tensor, progress: Progress):
+    """Callback: label a run 1 or 2 when it first enters |η_I| < 1, and freeze it there."""
+
+    def cb(k: int, theta: Tensor, value: Tensor) -> Tensor:
+        in1 = in_basin(theta, centers[0], hess[0])
+        in2 = in_basin(theta, centers[1], hess[1])
+        new = labels == 0
+        labels[new & in1] = 1
+        labels[new & in2 & ~in1] = 2
+        if k and k % 200 == 0:
+            progress(200)
+        return labels > 0
+
+    return cb
+
+
+def _first_passage(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
+    fn = lambda t: two_basin(t, epsilon=cfg.epsilon)  # noqa: E731
+    centers, hess = basin_regions(cfg.epsilon)
+    theta0 = torch.tensor(cfg.start, dtype=F64).expand(cfg.runs, 2).clone()
+    labels = torch.zeros(cfg.runs, dtype=torch.int64)
+    res = simulate(
+        fn,
+        theta0,
+        cfg.steps,
+        lr=cfg.lr,
+        loss_floor=cfg.loss_floor,
+        extra_energy=cfg.extra_energy,
+        bounce_period=cfg.bounce_period,
+        n_bounces=cfg.n_bounces,
+        bounce_patience=cfg.bounce_patience,
+        bounce_direction=direction,
+        seed=cfg.seed,
+        callback=_classifier(centers, hess, labels, progress),
+    )
+    progress(max(0, cfg.steps - (res.steps // 200) * 200))
+    n1, n2 = int((labels == 1).sum()), int((labels == 2).sum())
+    cum1 = torch.cumsum(labels == 1, 0).double()
+    cum2 = torch.cumsum(labels == 2, 0).double()
+    running = torch.where(cum2 > 0, cum1 / cum2.clamp(min=1), torch.nan)
+    return {
+        "measured_ratio": n1 / n2 if n2 else None,
+        "counts": {"basin1": n1, "basin2": n2, "neither": cfg.runs - n1 - n2},
+        "running_ratio": running,
+    }
+
+
+def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
+    """Time-averaged occupation of |η_I| < 1 with V_I = ``occupation_v_min`` > 0 (eqs. 40, 47)."""
+    land = make_two_basin(cfg.epsilon)
+    centers, hess = land.minima, hessians(land.fn, land.minima)
+    floor = land.minimum_value - cfg.occupation_v_min
+    start = torch.tensor(cfg.start, dtype=F64)
+    energy = float(two_basin(start, epsilon=cfg.epsilon)) - floor + cfg.extra_energy
+    counts = torch.zeros(2, dtype=F64)
+    seen = [0]
+
+    def cb(k: int, theta: Tensor, value: Tensor) -> None:
+        if k >= cfg.occupation_burn_in:
+            counts[0] += in_basin(theta, centers[0], hess[0]).sum()
+            counts[1] += in_basin(theta, centers[1], hess[1]).sum()
+            seen[0] += theta.shape[0]
+        if k and k % 200 == 0:
+            progress(200)
+
+    total = cfg.occupation_burn_in + cfg.occupation_steps
+    simulate(
+        land.fn,
+        start.expand(cfg.occupation_runs, 2).clone(),
+        total,
+        lr=cfg.lr,
+        loss_floor=floor,
+        extra_energy=cfg.extra_energy,
+        bounce_period=cfg.bounce_period,
+        n_bounces=cfg.n_bounces,
+        bounce_patience=cfg.bounce_patience,
+        bounce_direction=direction,
+        seed=cfg.seed + 7,
+        callback=cb,
+    )
+    progress(total % 200)
+    frac = (counts / max(seen[0], 1)).tolist()
+    pot = lambda t: land.fn(t) - floor  # noqa: E731
+    vol = [basin_volume_numeric(pot, centers[i], hess[i], energy) for i in range(2)]
+    v_i = [float(land.fn(centers[i][None])[0]) - floor for i in range(2)]
+    eq47 = [math.exp(basin_log_volume(hess[i], energy, v_i[i])) for i in range(2)]
+    return {
+        "runs": cfg.occupation_runs,
+        "steps": cfg.occupation_steps,
+        "burn_in": cfg.occupation_burn_in,
+        "v_min": cfg.occupation_v_min,
+        "energy": energy,
+        "fraction_basin1": frac[0],
+        "fraction_basin2": frac[1],
+        "measured_ratio": frac[0] / frac[1] if frac[1] > 0 else None,
+        "predicted_ratio_eq40": vol[0] / vol[1],
+        "predicted_ratio_eq47": eq47[0] / eq47[1],
+    }
+
+
+def basins_protocol(
+    cfg: BasinsConfig, directions: tuple[str, ...], progress: Progress = _noop
+) -> tuple[dict, dict]:
+    """§4.3: first-passage basin counts from (10, −10), per bounce direction, and the prediction.
+
+    The top-level fields describe ``directions[0]``; ``by_direction`` holds every direction.
+    """
+    land = make_two_basin(cfg.epsilon)
+    e0 = float(two_basin(torch.tensor(cfg.start, dtype=F64), epsilon=cfg.epsilon))
+    pred = predicted_ratio(land.fn, land.minima, energy=e0 - cfg.loss_floor)
+    by_dir, extras = {}, {"running": {}, "trajectories": None}
+    for d in directions:
+        fp = _first_passage(cfg, d, progress)
+        extras["running"][d] = fp.pop("running_ratio")
+        entry = {**fp, "bounce_direction": d}
+        if cfg.occupation_steps > 0:
+            entry["occupation"] = _occupation(cfg, d, progress)
+        by_dir[d] = entry
+    if cfg.trajectories > 0:  # Fig. 5: ten bounced trajectories from the same start
+        centers, hess = basin_regions(cfg.epsilon)
+        labels = torch.zeros(cfg.trajectories, dtype=torch.int64)
+        tr = simulate(
+            land.fn,
+            torch.tensor(cfg.start, dtype=F64).expand(cfg.trajectories, 2).clone(),
+            min(cfg.steps, 6000),
+            lr=cfg.lr,
+            loss_floor=cfg.loss_floor,
+            extra_energy=cfg.extra_energy,
+            bounce_period=cfg.bounce_period,
+            n_bounces=cfg.n_bounces,
+            bounce_patience=cfg.bounce_patience,
+            bounce_direction=directions[0],
+            seed=cfg.seed + 3,
+            record_every=5,
+            callback=_classifier(centers, hess, labels, _noop),
+        )
+        extras["trajectories"] = tr.history_theta
+        extras["centers"], extras["hessians"] = centers, hess
+    first = by_dir[directions[0]]
+    summary = {
+        "predicted_ratio": pred,
+        "measured_ratio": first["measured_ratio"],
+        "runs": cfg.runs,
+        "counts": first["counts"],
+        "bounce_direction": directions[0],
+        "by_direction": by_dir,
+        "protocol": {
+            "start": list(cfg.start),
+            "lr": cfg.lr,
+            "loss_floor": cfg.loss_floor,
+            "extra_energy": cfg.extra_energy,
+            "bounce_period": cfg.bounce_period,
+            "n_bounces": cfg.n_bounces,
+            "bounce_patience": cfg.bounce_patience,
+            "steps": cfg.steps,
+            "epsilon": cfg.epsilon,
+            "seed": cfg.seed,
+            "energy": e0 - cfg.loss_floor,
+        },
+    }
+    return summary, extras
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, int | float | str | bool | None)}
