@@ -128,7 +128,8 @@ def test_ensemble_matches_ecd_optimizer(hamiltonian, kw) -> None:
             bounce_patience=None,
             **kw,
         )
-        torch.testing.assert_close(res.theta[m], ref, rtol=1e-9, atol=1e-11)
+        # Ackley is chaotic: rounding-order differences (~1e-16) grow to ~1e-9 in 200 steps
+        torch.testing.assert_close(res.theta[m], ref, rtol=1e-7, atol=1e-9)
 
 
 def test_per_particle_lr_equals_separate_runs() -> None:
@@ -272,3 +273,39 @@ def test_bad_inputs() -> None:
         simulate(ackley, torch.zeros(2, 2, dtype=F64) + 1, 10, lr=0.1, bounce_direction="x")
     with pytest.raises(ValueError, match="per-particle"):
         simulate(ackley, torch.ones(2, 2, dtype=F64), 10, lr=torch.ones(3, dtype=F64))
+
+
+def test_ensemble_adapt_floor_matches_optimizer() -> None:
+    """The adaptive floor of the ensemble is the optimizer's (minimum 3.7, F0 = 4.0).
+
+    Floor crossings are knife-edge events (rounding decides the step at which F dips below F0
+    once the particle crawls along the floor), so the trajectories are compared through the first
+    ten adaptations, and the outcome (F below 3.701) for every particle.
+    """
+    ecdopt = pytest.importorskip("ecdopt")
+
+    def bowl(t: torch.Tensor) -> torch.Tensor:
+        return 3.7 + t[..., 0] ** 2 + 2 * t[..., 1] ** 2 + 0.1 * (t**2).sum(-1) ** 2
+
+    theta0 = torch.tensor([[2.0, -1.5], [0.5, 0.5], [-3.0, 2.0]], dtype=torch.float64)
+    kw = {"lr": 0.05, "loss_floor": 4.0, "adapt_floor": True}
+    off = {"bounce_period": None, "bounce_patience": None}
+    res = simulate(bowl, theta0, 600, record_every=1, **off, **kw)
+    assert (res.best_value < 3.701).all()
+    for m in range(3):
+        p = torch.nn.Parameter(theta0[m].clone())
+        opt = ecdopt.ECD([p], **off, **kw)
+        adaptations, floor = 0, 4.0
+        for k in range(600):
+            opt.zero_grad()
+            loss = bowl(p)
+            loss.backward()
+            opt.step(loss=loss)
+            torch.testing.assert_close(
+                res.history_theta[k + 1][m], p.detach(), rtol=1e-9, atol=1e-11
+            )
+            adaptations += opt.diagnostics()["loss_floor"] != floor
+            floor = opt.diagnostics()["loss_floor"]
+            if adaptations >= 10:
+                break
+        assert adaptations >= 10

@@ -30,7 +30,7 @@ from ecdopt.chaos import (
     counters_after_bounce,
     counters_after_update,
 )
-from ecdopt.hamiltonians import get_hamiltonian, restoration_factor
+from ecdopt.hamiltonians import adapted_floor, get_hamiltonian, restoration_factor
 
 __all__ = [
     "EnsembleResult",
@@ -134,6 +134,12 @@ class _ECDStepper:
             return torch.rand(shape, generator=self.gen, dtype=like.dtype, device=like.device) - 0.5
         return torch.randn(shape, generator=self.gen, dtype=like.dtype, device=like.device)
 
+    def _objective(self, theta: Tensor, value: Tensor) -> Tensor:
+        """F + ½λ|Θ|² (the loss the particle minimises, before the floor)."""
+        if self.wd:
+            return value + 0.5 * self.wd * (theta * theta).sum(dim=-1)
+        return value
+
     def potential(self, theta: Tensor, value: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
         """V = F_eff**η and ∇V (design.md §1 steps 1-2)."""
         f_eff = value - self.floor
@@ -150,7 +156,15 @@ class _ECDStepper:
 
     def step(self, theta: Tensor, value: Tensor, grad: Tensor, active: Tensor) -> Tensor:
         o, h = self.o, self.h
+        finite = torch.isfinite(value) & torch.isfinite(grad).all(dim=-1)
         v, gv = self.potential(theta, value, grad)
+        if o["adapt_floor"]:  # the paper's adaptive ΔV: lower F0 where V ≤ 0 (see the optimizer)
+            below = (v <= 0) & finite & active
+            objective = self._objective(theta, value)
+            self.floor = torch.where(below, adapted_floor(objective, self.floor), self.floor)
+            v, gv = self.potential(theta, value, grad)
+            if self.energy is not None:  # restart at E = E(V', δE), direction kept
+                self.energy = torch.where(below, h.initial_energy(v, self.extra), self.energy)
         if self.pi is None:  # first step: E (eq. 13) and Π0 along −∇V (eq. 14)
             self.energy = h.initial_energy(v, self.extra)
             gnorm = _norm(gv)[:, None]
@@ -160,7 +174,6 @@ class _ECDStepper:
             speed = h.target_momentum_sq(self.energy, v).clamp(min=0).sqrt()
             self.pi = direction * speed[:, None]
         # ε2: nothing moves once V ≤ stop_tol; a NaN/inf loss or gradient skips the step
-        finite = torch.isfinite(value) & torch.isfinite(grad).all(dim=-1)
         moving = active & finite & (v > o["stop_tol"])
         self.stopped = self.stopped | (active & finite & ~moving)
         pi, e = self.pi, self.energy
@@ -356,6 +369,7 @@ def simulate(
     chaos: Scalar = 0.0,
     kinetic_offset: float = 1.0,
     weight_decay: float = 0.0,
+    adapt_floor: bool = False,
     bounce_direction: str = "gaussian",
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -371,7 +385,8 @@ def simulate(
     ``bounce_period`` = T0, ``n_bounces`` = N_b, ``bounce_patience`` = T1 (None turns that
     bounce mechanism off; defaults as :class:`ecdopt.ECD`: T0 = 1000, N_b = 1, T1 = 3000),
     ``loss_power`` = η (V = F_eff**η), ``chaos`` = ν (ECDSep rotation), ``kinetic_offset`` = s,
-    ``energy_tol`` = ε1, ``stop_tol`` = ε2. ``lr``, ``loss_floor``, ``extra_energy``,
+    ``energy_tol`` = ε1, ``stop_tol`` = ε2, ``adapt_floor`` (lower F0 where a particle
+    overshoots it, as the optimizer does). ``lr``, ``loss_floor``, ``extra_energy``,
     ``loss_power`` and ``chaos`` may be ``[M]`` tensors.
 
     ``target``: record the first step with F < target (and with ``stop_at_target`` freeze the
@@ -404,6 +419,7 @@ def simulate(
         chaos=chaos,
         kinetic_offset=kinetic_offset,
         weight_decay=weight_decay,
+        adapt_floor=adapt_floor,
         bounce_direction=bounce_direction,
     )
     return _drive(

@@ -57,6 +57,7 @@ __all__ = [
     "Hamiltonian",
     "InverseMass",
     "Separable",
+    "adapted_floor",
     "exp",
     "get_hamiltonian",
     "log",
@@ -227,3 +228,19 @@ def restoration_factor(
     one = torch.ones_like(skip, dtype=like.dtype)
     safe_ratio = torch.where(skip, one, target_momentum_sq / momentum_sq)
     return torch.where(skip, one, torch.sqrt(safe_ratio))
+
+
+def adapted_floor(objective: Scalar, floor: Scalar) -> Scalar:
+    """The paper's adaptive ΔV (§3.3): a lowered floor F0' once V = F − F0 ≤ 0.
+
+    The discrete dynamics overshoots a floor that is above the true minimum by a small amount
+    o = F0 − F ≥ 0. The floor is reflected below the current loss, F0' = F − max(o, τ) with
+    τ = 1e-12·max(1, |F|), so the particle goes on with V = max(o, τ) > 0 (and restarts at
+    E = E(V', δE)). Near a minimum the overshoot shrinks with the gradient, so the floor settles
+    just above the minimum.
+    """
+    overshoot = floor - objective
+    if isinstance(overshoot, Tensor):
+        tiny = 1e-12 * torch.clamp(objective.abs(), min=1.0)
+        return objective - torch.maximum(overshoot, tiny)
+    return objective - max(overshoot, 1e-12 * max(abs(objective), 1.0))

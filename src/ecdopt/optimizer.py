@@ -35,6 +35,7 @@ from .hamiltonians import (
     HAMILTONIANS,
     Hamiltonian,
     Scalar,
+    adapted_floor,
     get_hamiltonian,
     restoration_factor,
     select,
@@ -192,22 +193,6 @@ def momentum_dtype(param: Tensor) -> torch.dtype:
     if param.dtype in (torch.float16, torch.bfloat16):
         return torch.float32
     return param.dtype
-
-
-def adapted_floor(objective: Scalar, floor: Scalar) -> Scalar:
-    """The paper's adaptive ΔV (§3.3): a lowered floor F0' once V = F − F0 ≤ 0.
-
-    The discrete dynamics overshoots a floor that is above the true minimum by a small amount
-    o = F0 − F ≥ 0. The floor is reflected below the current loss, F0' = F − max(o, τ) with
-    τ = 1e-12·max(1, |F|), so the particle goes on with V = max(o, τ) > 0 (and restarts at
-    E = E(V', δE)). Near a minimum the overshoot shrinks with the gradient, so the floor settles
-    just above the minimum.
-    """
-    overshoot = floor - objective
-    if isinstance(overshoot, Tensor):
-        tiny = 1e-12 * torch.clamp(objective.abs(), min=1.0)
-        return objective - torch.maximum(overshoot, tiny)
-    return objective - max(overshoot, 1e-12 * max(abs(objective), 1.0))
 
 
 def _isfinite(x: Scalar) -> bool | Tensor:

@@ -1,0 +1,539 @@
+"""The PDE experiment of §4.4 and App. B: solving eq. 53 with the eq. 56 ansatz and the eq. 19 loss.
+
+Pieces (the math lives in :mod:`~ecdopt.experiments.pde_problem` and
+:mod:`~ecdopt.experiments.pde_model`; this module holds the harness):
+
+* :class:`PDEPreset` — ``paper`` (App. B and §4.4 exactly; GPU-sized) and ``small`` (a gentler
+  manufactured solution of the same family, ``sin²(2 r²)`` in d = 2, CPU-sized).
+* :func:`reference_solutions` — every radial solution by the shooting method (Fig. 7).
+* :func:`train_run` / :func:`train_runs` — one or several runs; each trained network is classified
+  by its relative L2 error to each reference solution (nearest solution).
+* :func:`plot_solutions`, :func:`plot_sections`, :func:`plot_losses` — PNGs (matplotlib Agg).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecdopt.experiments.pde_model import (
+    LAPLACIANS,
+    PDELoss,
+    ResNetAnsatz,
+    double_backward_laplacian,
+    forward_laplacian,
+    functorch_laplacian,
+    sample_ball,
+    sample_sphere,
+)
+from ecdopt.experiments.pde_problem import (
+    RadialProblem,
+    RadialSolution,
+    SinSquaredProfile,
+    bracket_bound,
+    find_radial_solutions,
+    paper_source_eq55,
+    shoot,
+)
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "LAPLACIANS",
+    "OPTIMIZERS",
+    "PRESETS",
+    "PDELoss",
+    "PDEPreset",
+    "RadialProblem",
+    "RadialSolution",
+    "ResNetAnsatz",
+    "RunResult",
+    "SinSquaredProfile",
+    "bracket_bound",
+    "classify",
+    "double_backward_laplacian",
+    "find_radial_solutions",
+    "forward_laplacian",
+    "functorch_laplacian",
+    "make_optimizer",
+    "paper_source_eq55",
+    "plot_losses",
+    "plot_sections",
+    "plot_solutions",
+    "reference_solutions",
+    "relative_l2_errors",
+    "sample_ball",
+    "sample_sphere",
+    "shoot",
+    "smoke_preset",
+    "train_run",
+    "train_runs",
+]
+
+OPTIMIZERS = ("bbi", "ecdsep", "sgdm", "adam")
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class PDEPreset:
+    """Everything that defines one PDE experiment (problem, ansatz, loss, optimizer settings)."""
+
+    name: str
+    profile: Callable[[Tensor], Tensor]  # u = profile(r²): the manufactured solution
+    dim: int
+    width: int  # N of eq. 56
+    depth: int  # D of eq. 56
+    n_interior: int
+    n_boundary: int
+    gamma: float  # γ of eq. 19
+    reg: float  # R(Θ) = reg · Θ²
+    iterations: int
+    resample_every: int | None  # K: new points every K iterations (None: fixed points)
+    optimizers: Mapping[str, Mapping[str, Any]]  # name -> keyword arguments (with lr)
+    n_eval: int = 4096  # points in the ball for the relative L2 errors
+    n_grid: int = 4001  # shooting-method scan of u(0)
+    log_every: int = 10
+
+    @property
+    def problem(self) -> RadialProblem:
+        """Eq. 53 for this preset's manufactured solution and dimension."""
+        return RadialProblem(profile=self.profile, dim=self.dim)
+
+
+PAPER = PDEPreset(
+    name="paper",
+    profile=SinSquaredProfile(20.0),  # eq. 54
+    dim=2,
+    width=200,
+    depth=3,
+    n_interior=10_000,
+    n_boundary=1_000,
+    gamma=1e5,
+    reg=2e-4,
+    iterations=1_500_000,  # 1500 epochs of 1000 iterations (§4.4)
+    resample_every=1000,  # §4.4's noisy runs; pass --resample-every 0 for fixed points
+    optimizers=_frozen(
+        {
+            # §4.4: Δt = 5e-6, δE = 2e6, N_b = 10, T0 = 1000, T1 = 5000, ΔV = 0
+            "bbi": {
+                "lr": 5e-6,
+                "extra_energy": 2e6,
+                "n_bounces": 10,
+                "bounce_period": 1000,
+                "bounce_patience": 5000,
+                "loss_floor": 0.0,
+            },
+            # not in the paper: untested guesses, to be tuned on a GPU
+            "ecdsep": {"lr": 1e-4, "extra_energy": 1.0, "chaos": 1e-5},
+            "sgdm": {"lr": 1e-7, "momentum": 0.9},
+            "adam": {"lr": 1e-3},
+        }
+    ),
+)
+
+SMALL = PDEPreset(
+    name="small",
+    profile=SinSquaredProfile(2.0),
+    dim=2,
+    width=32,
+    depth=2,
+    n_interior=1000,
+    n_boundary=200,
+    gamma=100.0,
+    reg=2e-4,
+    iterations=20_000,
+    resample_every=None,
+    optimizers=_frozen(
+        {
+            "bbi": {
+                "lr": 1e-2,
+                "extra_energy": 1.0,
+                "n_bounces": 10,
+                "bounce_period": 1000,
+                "bounce_patience": 5000,
+                "loss_floor": 0.0,
+            },
+            "ecdsep": {"lr": 1e-3, "extra_energy": 1.0, "chaos": 1e-5},
+            "sgdm": {"lr": 1e-3, "momentum": 0.9},
+            "adam": {"lr": 3e-3},
+        }
+    ),
+    n_grid=2001,
+)
+
+PRESETS: Mapping[str, PDEPreset] = _frozen({"paper": PAPER, "small": SMALL})
+
+
+def smoke_preset(preset: PDEPreset) -> PDEPreset:
+    """The same problem at tiny sizes: a run takes a fraction of a second (for tests)."""
+    return replace(
+        preset,
+        width=8,
+        depth=1,
+        n_interior=64,
+        n_boundary=16,
+        iterations=20,
+        n_eval=256,
+        n_grid=401,
+        log_every=2,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# reference solutions and classification
+# --------------------------------------------------------------------------------------------
+
+
+def reference_solutions(preset: PDEPreset) -> list[RadialSolution]:
+    """All radial solutions of the preset's eq. 53 by the shooting method (Fig. 7)."""
+    return find_radial_solutions(preset.problem, n_grid=preset.n_grid)
+
+
+def relative_l2_errors(
+    model: torch.nn.Module, solutions: Sequence[RadialSolution], x_eval: Tensor
+) -> list[float]:
+    """``‖N − u_k‖ / ‖u_k‖`` on the evaluation points (uniform in the ball) for each reference."""
+    with torch.no_grad():
+        p = next(model.parameters())
+        u = model(x_eval.to(device=p.device, dtype=p.dtype)).double().cpu().numpy()
+    r = x_eval.double().norm(dim=1).cpu().numpy()
+    out = []
+    for sol in solutions:
+        ref = sol(r)
+        out.append(float(np.linalg.norm(u - ref) / np.linalg.norm(ref)))
+    return out
+
+
+def classify(errors: Sequence[float]) -> int:
+    """Index of the nearest reference solution (smallest relative L2 error); -1 if none finite."""
+    finite = [(e, i) for i, e in enumerate(errors) if math.isfinite(e)]
+    return min(finite)[1] if finite else -1
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+
+def make_optimizer(
+    name: str, params: Any, settings: Mapping[str, Any], *, seed: int | None = None
+) -> torch.optim.Optimizer:
+    """Build ``bbi`` / ``ecdsep`` (ecdopt, seeded) or ``sgdm`` / ``adam`` (torch) from settings."""
+    kw = dict(settings)
+    if name == "bbi":
+        from ecdopt import BBI
+
+        return BBI(params, seed=seed, **kw)
+    if name == "ecdsep":
+        from ecdopt import ECDSep
+
+        return ECDSep(params, seed=seed, **kw)
+    if name == "sgdm":
+        return torch.optim.SGD(params, **kw)
+    if name == "adam":
+        return torch.optim.Adam(params, **kw)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class RunResult:
+    """One training run: its classification, errors, loss curve and timing."""
+
+    nearest_solution: int
+    relative_l2_error: float
+    errors: list[float]
+    final_loss: float
+    wall_seconds: float
+    iterations: int
+    seed: int
+    loss_steps: np.ndarray = field(repr=False)
+    loss_values: np.ndarray = field(repr=False)
+    section: np.ndarray = field(repr=False)  # N(t, 0, ..., 0) on SECTION_T
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (non-finite numbers become ``null``)."""
+
+        def num(v: float) -> float | None:
+            return float(v) if math.isfinite(v) else None
+
+        return {
+            "nearest_solution": self.nearest_solution,
+            "relative_l2_error": num(self.relative_l2_error),
+            "errors": [num(e) for e in self.errors],
+            "final_loss": num(self.final_loss),
+            "wall_seconds": self.wall_seconds,
+            "ms_per_iteration": 1e3 * self.wall_seconds / max(self.iterations, 1),
+            "iterations": self.iterations,
+            "seed": self.seed,
+        }
+
+
+SECTION_T = np.linspace(-1.0, 1.0, 401)
+
+
+def _section_points(dim: int) -> Tensor:
+    x = torch.zeros(SECTION_T.size, dim, dtype=torch.float64)
+    x[:, 0] = torch.from_numpy(SECTION_T)
+    return x
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_run(
+    preset: PDEPreset,
+    optimizer: str,
+    solutions: Sequence[RadialSolution],
+    *,
+    seed: int = 0,
+    init_seed: int | None = None,
+    iterations: int | None = None,
+    lr: float | None = None,
+    resample_every: int | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    laplacian: str = "forward",
+    progress: bool = False,
+    desc: str = "",
+) -> RunResult:
+    """Train the eq. 56 ansatz on the eq. 19 loss once and classify the result.
+
+    ``init_seed`` fixes the network's initialisation and the first set of points (default:
+    ``seed``); ``seed`` drives the optimizer's randomness (bounces, rotations) and resampling. So
+    several runs with one ``init_seed`` and different ``seed`` start from the same point, as in
+    §4.4. ``resample_every`` (K): new interior and boundary points every K iterations
+    (``None``: the preset's; ``0``: fixed points).
+    """
+    dev = _resolve_device(device)
+    n_iter = preset.iterations if iterations is None else iterations
+    k = preset.resample_every if resample_every is None else (resample_every or None)
+    settings = dict(preset.optimizers[optimizer])
+    if lr is not None:
+        settings["lr"] = lr
+    init_seed = seed if init_seed is None else init_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = ResNetAnsatz(preset.dim, preset.width, preset.depth).to(device=dev, dtype=dtype)
+    loss_fn = PDELoss(preset.problem, gamma=preset.gamma, reg=preset.reg, laplacian=laplacian)
+    points_gen = torch.Generator().manual_seed(init_seed)
+    resample_gen = torch.Generator().manual_seed(10_007 * seed + 1)
+
+    def new_points(gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        xi = sample_ball(preset.n_interior, preset.dim, gen, dtype=torch.float64)
+        xb = sample_sphere(preset.n_boundary, preset.dim, gen, dtype=torch.float64)
+        fi = preset.problem.source(xi)
+        return (t.to(device=dev, dtype=dtype) for t in (xi, fi, xb))  # type: ignore[return-value]
+
+    x_int, f_int, x_bnd = new_points(points_gen)
+    opt = make_optimizer(optimizer, model.parameters(), settings, seed=seed)
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model, x_int, f_int, x_bnd)
+        loss.backward()
+        return loss
+
+    logged: list[Tensor] = []
+    steps: list[int] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_iter, desc=desc or f"{preset.name}/{optimizer}", leave=False)
+    start = time.perf_counter()
+    for it in range(n_iter):
+        if k and it > 0 and it % k == 0:
+            x_int, f_int, x_bnd = new_points(resample_gen)
+        loss = opt.step(closure)
+        if it % preset.log_every == 0 or it == n_iter - 1:
+            logged.append(loss.detach())
+            steps.append(it)
+            if bar is not None and len(logged) % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3g}")
+        if bar is not None and (it + 1) % 100 == 0:
+            bar.update(100)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    wall = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+
+    with torch.no_grad():
+        final_loss = float(loss_fn(model, x_int, f_int, x_bnd)) if n_iter == 0 else float(loss)
+    values = torch.stack(logged).double().cpu().numpy() if logged else np.zeros(0)
+    eval_gen = torch.Generator().manual_seed(12_345)
+    x_eval = sample_ball(preset.n_eval, preset.dim, eval_gen, dtype=torch.float64)
+    errors = relative_l2_errors(model, solutions, x_eval)
+    nearest = classify(errors)
+    with torch.no_grad():
+        section = model(_section_points(preset.dim).to(device=dev, dtype=dtype))
+    return RunResult(
+        nearest_solution=nearest,
+        relative_l2_error=errors[nearest] if nearest >= 0 else math.nan,
+        errors=errors,
+        final_loss=final_loss,
+        wall_seconds=wall,
+        iterations=n_iter,
+        seed=seed,
+        loss_steps=np.asarray(steps),
+        loss_values=values,
+        section=section.double().cpu().numpy(),
+    )
+
+
+def train_runs(
+    preset: PDEPreset,
+    optimizer: str,
+    *,
+    runs: int = 1,
+    seed: int = 0,
+    vary_init: bool = False,
+    init_seed: int | None = None,
+    solutions: Sequence[RadialSolution] | None = None,
+    tolerance: float = 0.05,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``runs`` runs; returns the JSON document ``{"runs": [...], "counts": {...}, ...}``.
+
+    Run i has optimizer seed ``seed + i`` and the same initialisation ``init_seed`` (default
+    ``seed``) as the others, unless ``vary_init`` (then ``seed + i``).
+
+    ``counts[str(k)]`` is the number of runs nearest to solution k; ``converged_counts`` only
+    counts runs within ``tolerance`` relative L2 error of it.
+    """
+    if solutions is None:
+        solutions = reference_solutions(preset)
+    results = []
+    progress = kwargs.pop("progress", False)
+    for i in range(runs):
+        results.append(
+            train_run(
+                preset,
+                optimizer,
+                solutions,
+                seed=seed + i,
+                init_seed=seed + i if vary_init else (seed if init_seed is None else init_seed),
+                progress=progress,
+                desc=f"{preset.name}/{optimizer} run {i + 1}/{runs}",
+                **kwargs,
+            )
+        )
+    counts = {str(k): 0 for k in range(len(solutions))}
+    converged = dict(counts)
+    for r in results:
+        if r.nearest_solution >= 0:
+            counts[str(r.nearest_solution)] += 1
+            if r.relative_l2_error <= tolerance:
+                converged[str(r.nearest_solution)] += 1
+    return {
+        "preset": preset.name,
+        "optimizer": optimizer,
+        "solutions": [s.as_dict() for s in solutions],
+        "runs": [r.as_dict() for r in results],
+        "counts": counts,
+        "converged_counts": converged,
+        "tolerance": tolerance,
+        "_results": results,  # not JSON: dropped by the CLI, used for plots
+        "_solutions": list(solutions),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# plots (matplotlib Agg)
+# --------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_solutions(solutions: Sequence[RadialSolution], path: Path, title: str = "") -> Path:
+    """Fig. 7: the ``x2 = 0`` section ``u(|x1|)`` of every reference solution, one panel each."""
+    plt = _pyplot()
+    n = max(len(solutions), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
+    for ax, (k, sol) in zip(axes[0], enumerate(solutions), strict=False):
+        ax.plot(SECTION_T, sol(np.abs(SECTION_T)), color="C0")
+        ax.set_title(f"solution {k}: u(0) = {sol.u0:.6g}")
+        ax.set_xlabel("$x_1$ ($x_2 = 0$)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sections(
+    results: Sequence[RunResult], solutions: Sequence[RadialSolution], path: Path, title: str = ""
+) -> Path:
+    """The ``x2 = 0`` section of each trained network against the reference solutions."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for k, sol in enumerate(solutions):
+        ax.plot(
+            SECTION_T,
+            sol(np.abs(SECTION_T)),
+            "k--" if k == 0 else "k:",
+            lw=2,
+            label=f"reference {k} (u0 = {sol.u0:.4g})",
+        )
+    for i, r in enumerate(results):
+        ax.plot(
+            SECTION_T,
+            r.section,
+            lw=1,
+            alpha=0.8,
+            label=f"run {i}: → {r.nearest_solution}, err {r.relative_l2_error:.2g}",
+        )
+    ax.set_xlabel("$x_1$ ($x_2 = 0$)")
+    ax.set_ylabel("u")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_losses(results: Sequence[RunResult], path: Path, title: str = "") -> Path:
+    """Loss curves (eq. 19) of the runs, log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, r in enumerate(results):
+        ax.semilogy(
+            r.loss_steps,
+            np.clip(r.loss_values, 1e-300, None),
+            lw=1,
+            label=f"run {i} (→ {r.nearest_solution})",
+        )
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (eq. 19)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

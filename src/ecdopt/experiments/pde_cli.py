@@ -1,0 +1,196 @@
+"""``ecdopt pde``: reference solutions by shooting (Fig. 7) and training runs (§4.4, App. B).
+
+ecdopt pde solutions [--preset paper|small] [--json FILE] [--out DIR] [--smoke]
+ecdopt pde train --preset small|paper --optimizer bbi|ecdsep|sgdm|adam --runs N --seed S
+                 [--resample-every K] [--iterations N] [--lr X] [--smoke] --json FILE --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``pde`` with its ``solutions`` and ``train`` sub-commands."""
+    parser = subparsers.add_parser(
+        "pde",
+        help="PDE experiment of §4.4 / App. B (nonlinear Poisson on the unit ball)",
+        description="Solve Δu + u² = f on the unit ball (App. B, eq. 53) with a ResNet ansatz.",
+    )
+    sub = parser.add_subparsers(dest="pde_command", metavar="{solutions,train}")
+    sub.required = True
+
+    sol = sub.add_parser("solutions", help="reference solutions by the radial shooting method")
+    sol.add_argument("--preset", default="paper", help="paper or small (default: paper)")
+    sol.add_argument("--json", type=Path, default=None, help="write the solutions as JSON")
+    sol.add_argument("--out", type=Path, default=None, help="directory for the Fig. 7 plot")
+    sol.add_argument("--smoke", action="store_true", help="coarse scan (tests)")
+    sol.set_defaults(func=run_solutions)
+
+    tr = sub.add_parser("train", help="train the eq. 56 ansatz on the eq. 19 loss")
+    tr.add_argument("--preset", default="small", help="small or paper (default: small)")
+    tr.add_argument("--optimizer", default="bbi", help="bbi, ecdsep, sgdm or adam")
+    tr.add_argument("--runs", type=int, default=1, help="number of runs (default: 1)")
+    tr.add_argument("--seed", type=int, default=0, help="init seed; run i uses seed + i")
+    tr.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="seed of the shared initialisation and first points (default: --seed)",
+    )
+    tr.add_argument(
+        "--vary-init",
+        action="store_true",
+        help="a new initialisation per run (default: all runs share one)",
+    )
+    tr.add_argument(
+        "--resample-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="new points every K iterations (0: never; default: the preset's)",
+    )
+    tr.add_argument("--iterations", type=int, default=None, help="default: the preset's")
+    tr.add_argument("--lr", type=float, default=None, help="override the preset's lr")
+    tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    tr.add_argument(
+        "--laplacian",
+        default="forward",
+        help="forward, double_backward or functorch (default: forward)",
+    )
+    tr.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="relative L2 error below which a run counts as converged",
+    )
+    tr.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
+    tr.add_argument("--json", type=Path, required=True, help="output JSON file")
+    tr.add_argument("--out", type=Path, required=True, help="directory for the plots")
+    tr.set_defaults(func=run_train)
+
+
+def _error(message: str) -> Exception:
+    from ecdopt.cli import CommandError
+
+    return CommandError(message)
+
+
+def _preset(name: str, smoke: bool):
+    from ecdopt.experiments.pde import PRESETS, smoke_preset
+
+    if name not in PRESETS:
+        raise _error(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    return smoke_preset(preset) if smoke else preset
+
+
+def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def run_solutions(args: argparse.Namespace) -> int:
+    """``ecdopt pde solutions``: print, save and plot every radial solution."""
+    from ecdopt.experiments.pde import bracket_bound, plot_solutions, reference_solutions
+
+    preset = _preset(args.preset, args.smoke)
+    problem = preset.problem
+    bound = bracket_bound(problem)
+    solutions = reference_solutions(preset)
+    print(
+        f"preset {preset.name}: d = {problem.dim}, f0 = {problem.boundary_value:.6f}, "
+        f"u(0) scanned on [-{bound:.4g}, {bound:.4g}] ({preset.n_grid} points)"
+    )
+    for k, s in enumerate(solutions):
+        print(
+            f"  solution {k}: u(0) = {s.u0:+.10f}  u(1) = {s.u1:.10f}  "
+            f"min {s.values.min():+.4f}  max {s.values.max():+.4f}"
+        )
+    doc = {
+        "preset": preset.name,
+        "dim": problem.dim,
+        "f0": problem.boundary_value,
+        "bracket": [-bound, bound],
+        "n_grid": preset.n_grid,
+        "solutions": [s.as_dict() for s in solutions],
+    }
+    _write_json(args.json, doc)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = plot_solutions(
+            solutions,
+            args.out / f"pde_{preset.name}_solutions.png",
+            title=f"radial solutions ({preset.name} preset)",
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``ecdopt pde train``: several runs, their classification, JSON and plots."""
+    import torch
+
+    from ecdopt.experiments.pde import (
+        LAPLACIANS,
+        OPTIMIZERS,
+        plot_losses,
+        plot_sections,
+        train_runs,
+    )
+
+    preset = _preset(args.preset, args.smoke)
+    if args.optimizer not in OPTIMIZERS:
+        raise _error(f"unknown optimizer {args.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    if args.laplacian not in LAPLACIANS:
+        raise _error(f"unknown laplacian {args.laplacian!r}; choose from {', '.join(LAPLACIANS)}")
+    if args.runs < 1:
+        raise _error("--runs must be at least 1")
+    if args.iterations is not None and args.iterations < 0:
+        raise _error("--iterations must be non-negative")
+    if args.resample_every is not None and args.resample_every < 0:
+        raise _error("--resample-every must be non-negative (0: never)")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise _error("--lr must be a positive number")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise _error(f"--device {args.device}: CUDA is not available")
+
+    doc = train_runs(
+        preset,
+        args.optimizer,
+        runs=args.runs,
+        seed=args.seed,
+        vary_init=args.vary_init,
+        init_seed=args.init_seed,
+        iterations=args.iterations,
+        lr=args.lr,
+        resample_every=args.resample_every,
+        device=args.device,
+        laplacian=args.laplacian,
+        tolerance=args.tolerance,
+        progress=sys.stderr.isatty(),
+    )
+    results = doc.pop("_results")
+    solutions = doc.pop("_solutions")
+    _write_json(args.json, doc)
+    for i, r in enumerate(results):
+        print(
+            f"run {i} (seed {r.seed}): nearest solution {r.nearest_solution}, relative L2 "
+            f"error {r.relative_l2_error:.4g}, final loss {r.final_loss:.4g}, "
+            f"{r.wall_seconds:.1f} s ({1e3 * r.wall_seconds / max(r.iterations, 1):.2f} ms/it)"
+        )
+    print(f"counts {doc['counts']}  converged (≤ {args.tolerance:g}) {doc['converged_counts']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"pde_{preset.name}_{args.optimizer}"
+    title = f"{preset.name} preset, {args.optimizer}, {len(results)} run(s)"
+    sections = plot_sections(results, solutions, args.out / f"{stem}_sections.png", title)
+    losses = plot_losses(results, args.out / f"{stem}_loss.png", title)
+    print(f"wrote {args.json}, {sections}, {losses}")
+    return 0

@@ -1,0 +1,148 @@
+"""``ecdopt tune``: a worker of a shared Optuna sweep (see :mod:`ecdopt.experiments.tune`).
+
+ecdopt tune TASK --optimizer NAME --trials N --storage URL --study NAME
+            [--sampler tpe|random] [--seed S] [--show] [--steps K] [--dim D] [--epochs E]
+            [--total-trials M] [--worker-index I] [--heartbeat SECONDS] [--grace SECONDS]
+
+Start the same command several times (on one machine with SQLite, on many with PostgreSQL):
+every worker adds its N trials to the one study. ``--show`` prints the best parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``tune`` sub-command."""
+    from ecdopt.experiments.tune import DEFAULT_STORAGE, TUNE_OPTIMIZERS
+
+    p = subparsers.add_parser(
+        "tune",
+        help="a worker of a shared Optuna hyperparameter sweep (SQLite/PostgreSQL storage)",
+        description=(
+            "Run N Optuna trials of OPTIMIZER on TASK in a study shared through an SQL "
+            "database. TASK: a landscape of ecdopt.landscapes (ackley, zakharov, rosenbrock, "
+            "rastrigin, ...) or digits (a short training run of the digits CNN per trial)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("task", help="landscape name or 'digits'")
+    p.add_argument("--optimizer", required=True, choices=TUNE_OPTIMIZERS)
+    p.add_argument("--trials", type=int, default=10, help="trials run by THIS worker")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help=f"SQLAlchemy URL; default {DEFAULT_STORAGE} (or $ECDOPT_TUNE_STORAGE)",
+    )
+    p.add_argument("--study", required=True, help="study name (shared by all workers)")
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="problem seed (start point, optimizer seed) and sampler seed base; None: random",
+    )
+    p.add_argument(
+        "--worker-index",
+        type=int,
+        default=None,
+        help="distinct per worker so seeded samplers differ (default: $SLURM_PROCID or 0)",
+    )
+    p.add_argument("--show", action="store_true", help="print the best parameters at the end")
+    p.add_argument("--steps", type=int, default=1000, help="landscape tasks: steps per trial")
+    p.add_argument("--dim", type=int, default=2, help="landscape tasks: dimension")
+    p.add_argument("--epochs", type=int, default=1, help="digits: epochs per trial")
+    p.add_argument(
+        "--total-trials",
+        type=int,
+        default=None,
+        help="stop every worker once the study has this many finished trials",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=10.0,
+        help="seconds between heartbeats of a running trial (0: off)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds without heartbeat before a trial is marked failed (default: 2×heartbeat)",
+    )
+    p.add_argument("--json", action="store_true", help="--show as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one worker from parsed arguments; user errors become ``CommandError``."""
+    from ecdopt.cli import CommandError
+    from ecdopt.experiments.tune import (
+        DEFAULT_STORAGE,
+        TuneConfig,
+        TuneError,
+        mask_url,
+        open_study,
+        run_worker,
+        study_summary,
+    )
+
+    storage = args.storage or os.environ.get("ECDOPT_TUNE_STORAGE") or DEFAULT_STORAGE
+    worker_index = args.worker_index
+    if worker_index is None:
+        worker_index = int(os.environ.get("SLURM_PROCID", "0") or 0)
+    cfg = TuneConfig(
+        task=args.task,
+        optimizer=args.optimizer,
+        study=args.study,
+        trials=args.trials,
+        storage=storage,
+        sampler=args.sampler,
+        seed=args.seed,
+        worker_index=worker_index,
+        steps=args.steps,
+        dim=args.dim,
+        epochs=args.epochs,
+        total_trials=args.total_trials,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+    )
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("ECDOPT_THREADS", "1")))
+        log(f"study {cfg.study!r} in {mask_url(storage)}: {cfg.trials} trials of {cfg.optimizer}")
+        if cfg.trials == 0 and args.show:
+            study = open_study(cfg, None)
+        else:
+            study = run_worker(cfg, log)
+        if args.show:
+            summary = study_summary(study)
+            if args.json:
+                print(json.dumps(summary, indent=1))
+            else:
+                _print_summary(summary)
+    except TuneError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["trials"].items()))
+    print(f"study {summary['study']} ({summary['direction']}): {counts or 'no trials'}")
+    best = summary["best"]
+    if best is None:
+        print("no completed trial yet", file=sys.stderr)
+        return
+    print(f"best trial {best['number']}: value {best['value']:.6g}")
+    for name, value in best["params"].items():
+        print(f"  {name} = {value}")
