@@ -35,6 +35,17 @@ def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[T
     return list(groups.items())
 
 
+def _is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2 parameter), without importing torch.distributed
+    for plain tensors."""
+    cls = type(t)
+    if cls is Tensor or cls is torch.nn.Parameter:
+        return False
+    from .distributed import is_dtensor
+
+    return is_dtensor(t)
+
+
 def _single_tensor_kick_(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -132,6 +143,10 @@ def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
     total = torch.zeros((), dtype=torch.float64, device=device)
     if not tensors:
         return total
+    if any(_is_dtensor(t) for t in tensors):  # FSDP2 shards: a global sum over the mesh
+        from .distributed import sum_of_squares as global_sum_of_squares
+
+        return global_sum_of_squares(tensors, device)
     for dev, (ts,) in _by_device(tensors):
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
         for t in ts:

@@ -13,6 +13,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ecdopt._errors import CommandError
+
+__all__ = ["CommandError", "build_parser", "main"]
+
 # sub-command name -> module that provides ``add_parser(subparsers)``
 _COMMANDS: dict[str, str] = {
     "demo": "ecdopt.experiments.demo",
@@ -21,10 +25,6 @@ _COMMANDS: dict[str, str] = {
     "train": "ecdopt.experiments.vision_cli",
     "tune": "ecdopt.experiments.tune_cli",
 }
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -205,8 +205,9 @@ class _ECDStepper:
                 (pi * pi).sum(dim=-1), h.target_momentum_sq(e, v), o["energy_tol"]
             )
             pi = pi * alpha[:, None]
-        pi = pi - self.lr * h.kick_factor(e, v)[:, None] * gv  # kick, eq. 11
-        drift = h.drift_factor(e, v, (pi * pi).sum(dim=-1) if h.drift_uses_momentum_sq else None)
+        vd = h.dynamical_potential(e, v)  # V clipped to κE far off the shell (BBI)
+        pi = pi - self.lr * (h.kick_factor(e, vd) * (vd / v))[:, None] * gv  # kick, eq. 11
+        drift = h.drift_factor(e, vd, (pi * pi).sum(dim=-1) if h.drift_uses_momentum_sq else None)
         new_theta = theta + self.lr * drift[:, None] * pi  # drift, eq. 12
         if self.chaos is not None:  # ECDSep rotation: Π ← |Π|·u/|u|, u = Π/|Π| + νξ
             pn = _norm(pi)[:, None]

@@ -97,6 +97,10 @@ class Hamiltonian(Protocol):
         """Whether D depends on Π² (then Π² after the kick must be known before the drift)."""
         ...
 
+    def dynamical_potential(self, energy: Scalar, potential: Scalar) -> Scalar:
+        """The V the kick and drift use: V itself, except far off the energy shell (BBI)."""
+        ...
+
 
 @dataclass(frozen=True)
 class BornInfeld:
@@ -104,9 +108,25 @@ class BornInfeld:
 
     Equations of motion (3) discretized as (11)-(12): K = ½(V/E + E/V), D = V/E;
     E = V0 + δE (eq. 13); Π²_target = E²/V − V (Algorithm 1's π_C²).
+
+    Off the shell: the continuum particle never has V > E, but a minibatch can (§3.2). Algorithm
+    1 then skips the restoration (Π²_target < 0) and keeps K ≈ V/2E and D = V/E, which grow
+    with V: a batch far above E throws the particle away (×10 jumps already blow up). Beyond
+    ``off_shell_ratio``·E (κ = 2) the step therefore treats the batch as the potential rescaled
+    to κE — K and D take their values at V = κE and ∇V is scaled by κE/V — continuous at
+    V = κE and bounded above it. Up to 2E (all that deterministic dynamics ever sees) this is
+    Algorithm 1 exactly.
     """
 
     name: str = "born_infeld"
+    off_shell_ratio: float = 2.0
+
+    def dynamical_potential(self, energy: Scalar, potential: Scalar) -> Scalar:
+        """min(V, κE): the potential K, D and the force use (see the class docstring)."""
+        cap = self.off_shell_ratio * energy
+        if isinstance(potential, Tensor) or isinstance(cap, Tensor):
+            return torch.minimum(torch.as_tensor(potential), torch.as_tensor(cap))
+        return min(potential, cap)
 
     def energy(self, potential: Tensor, momentum_sq: Tensor) -> Tensor:
         return sqrt(potential * (potential + momentum_sq))
@@ -129,7 +149,15 @@ class BornInfeld:
 
 
 @dataclass(frozen=True)
-class InverseMass:
+class _OnShell:
+    """Hamiltonians whose kick and drift stay bounded for any V: no off-shell clipping."""
+
+    def dynamical_potential(self, energy: Scalar, potential: Scalar) -> Scalar:
+        return potential
+
+
+@dataclass(frozen=True)
+class InverseMass(_OnShell):
     """Non-relativistic particle of mass 1/V: H = ½ V Π² (the paper's eqs. 34-36).
 
     Π̇ = −½Π²∇V = −(E/V)∇V on the shell, Θ̇ = VΠ: K = E/V, D = V; Π²_target = 2E/V.
@@ -159,7 +187,7 @@ class InverseMass:
 
 
 @dataclass(frozen=True)
-class Separable:
+class Separable(_OnShell):
     """Separable ECD (ECDSep), log form: H = log V + log(s + Π²).
 
     From De Luca, Gatti & Silverstein (2023). Π̇ = −∇V/V, Θ̇ = 2Π/(s + Π²): K = 1/V,

@@ -199,6 +199,16 @@ def _isfinite(x: Scalar) -> bool | Tensor:
     return torch.isfinite(x) if isinstance(x, Tensor) else math.isfinite(x)
 
 
+def _power(x: Scalar, y: float) -> Scalar:
+    """x**y; a float overflow gives inf (then the step is skipped) instead of raising."""
+    if isinstance(x, Tensor):
+        return x**y
+    try:
+        return x**y
+    except OverflowError:
+        return math.inf
+
+
 def _not(x: bool | Tensor) -> bool | Tensor:
     return ~x if isinstance(x, Tensor) else not x
 
@@ -485,7 +495,13 @@ class ECD(torch.optim.Optimizer):
                 if gen is None:
                     gen = self._generators[t.device] = torch.Generator(device=t.device)
                 gens[t.device] = gen.manual_seed(key)
-        return chaos.draw_direction(like, gens, kind)
+        xi = chaos.draw_direction(like, gens, kind)
+        if any(type(t) not in (Tensor, torch.nn.Parameter) for t in like):
+            from .distributed import is_dtensor, shard_like  # FSDP2: every rank draws the full
+
+            # ξ from the same key and keeps its own shard, as the unsharded run would bounce
+            xi = [shard_like(x, t) if is_dtensor(t) else x for x, t in zip(xi, like, strict=True)]
+        return xi
 
     def _known_counters(self) -> tuple[int, int, int] | None:
         """The counters at the start of this step as host ints, if the device already sent them
@@ -598,6 +614,7 @@ class ECD(torch.optim.Optimizer):
             floor = select(below_floor, adapted_floor(objective, floor), floor)
         effective = objective - floor  # F_eff
         potential = self._potential(effective)
+        finite = finite & _isfinite(potential)  # F_eff**η can overflow for a finite loss
         moving = finite & _not(potential <= cfg.stop_tol)
         best = s["best_objective"] if s["best_objective"] is not None else math.inf
         new_minimum = objective < best
@@ -716,15 +733,19 @@ class ECD(torch.optim.Optimizer):
             rescale = restoration_factor(s["momentum_sq"], target, cfg.energy_tol)
         else:
             rescale = 1.0
-        kick = ham.kick_factor(energy, potential)
+        # far above the energy shell (a minibatch with V > κE) BBI uses V clipped to κE
+        dynamical = ham.dynamical_potential(energy, potential)
+        kick = ham.kick_factor(energy, dynamical)
+        if not host or dynamical != potential:  # the force of the rescaled potential
+            kick = kick * (dynamical / potential)
         if cfg.loss_power != 1.0:  # ∇V = η·F_eff**(η−1)·∇F_eff
-            kick = kick * cfg.loss_power * effective ** (cfg.loss_power - 1.0)
+            kick = kick * cfg.loss_power * _power(effective, cfg.loss_power - 1.0)
         if not host:
             rescale = torch.where(moving, rescale, 1.0)
             kick = torch.where(moving, kick, 0.0)
         if self.fused:
             momentum_sq, drift = self._fused_kick_drift(
-                particle, rescale, kick, energy, potential, moving, host, device
+                particle, rescale, kick, energy, dynamical, moving, host, device
             )
         else:
             for group, ps, gs, ms in particle:
@@ -740,7 +761,7 @@ class ECD(torch.optim.Optimizer):
             momentum_sq = sum_of_squares(momenta, device)
             if host:
                 momentum_sq = momentum_sq.item()
-            drift = ham.drift_factor(energy, potential, momentum_sq)
+            drift = ham.drift_factor(energy, dynamical, momentum_sq)
             if not host:
                 drift = torch.where(moving, drift, 0.0)
             for group, ps, _, ms in particle:
@@ -819,7 +840,7 @@ class ECD(torch.optim.Optimizer):
         if isinstance(effective, Tensor):
             positive = torch.clamp(effective, min=torch.finfo(torch.float64).tiny)
             return torch.where(effective > 0, positive**eta, effective)
-        return effective**eta if effective > 0 else effective
+        return _power(effective, eta) if effective > 0 else effective
 
     def _initialize(self, particle, potential: float, device: torch.device) -> None:
         """E = E(V0, δE) (eq. 13) and Π0 = −∇V/|∇V|·sqrt(Π²_target(E, V0)) (eq. 14)."""

@@ -75,7 +75,7 @@ class AckleyConfig:
     target: float = 5e-4
     seed: int = 0
     methods: tuple[str, ...] = ("bbi", "sgdm", "adam", "ecdsep")
-    bounce_direction: str = "gaussian"  # BBI's; the authors' code drew "uniform"
+    bounce_direction: str = "uniform"  # the authors' code drew uniform directions
 
 
 def ackley_methods() -> dict[str, Method]:
