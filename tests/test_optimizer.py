@@ -391,7 +391,7 @@ def test_adapt_floor_settles_on_the_true_minimum():
     """design.md §1: minimum 3.7, started with F0 = 4.0."""
     x = torch.nn.Parameter(torch.tensor([2.0, -1.5], dtype=F64))
     opt = BBI(
-        [x], lr=0.05, loss_floor=4.0, adapt_floor=True, bounce_period=None, bounce_patience=None
+        [x], lr=0.1, loss_floor=4.0, adapt_floor=True, bounce_period=None, bounce_patience=None
     )
     best = math.inf
     for _ in range(3000):

@@ -35,6 +35,15 @@ def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[T
     return list(groups.items())
 
 
+def _cpu_square_sum(t: Tensor) -> Tensor:
+    """Σx² of a float32/float64 CPU tensor: a BLAS dot product (about twice as fast as
+    ``_foreach_powsum`` there) when the memory is contiguous, else a reduction."""
+    if t.is_contiguous():
+        flat = t.view(-1)
+        return torch.dot(flat, flat)
+    return torch._foreach_powsum([t], 2)[0]
+
+
 def _is_dtensor(t: Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2 parameter), without importing torch.distributed
     for plain tensors."""
@@ -154,6 +163,8 @@ def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
         for dtype, group in by_dtype.items():
             if dtype in (torch.float16, torch.bfloat16):
                 squares = torch._foreach_powsum(group, 2, dtype=torch.float32)
+            elif dev.type == "cpu":
+                squares = [_cpu_square_sum(t) for t in group]
             else:
                 squares = torch._foreach_powsum(group, 2)
             partial = torch.stack(squares).sum(dtype=torch.float64)
