@@ -35,6 +35,10 @@ def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[T
     return list(groups.items())
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+_DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs its speed
+
+
 def _cpu_square_sum(t: Tensor) -> Tensor:
     """Σx² of a float32/float64 CPU tensor: a BLAS dot product (about twice as fast as
     ``_foreach_powsum`` there) when the memory is contiguous, else a reduction."""
@@ -149,9 +153,25 @@ def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
 
     16-bit tensors are summed in float32, so their squares cannot overflow.
     """
-    total = torch.zeros((), dtype=torch.float64, device=device)
     if not tensors:
-        return total
+        return torch.zeros((), dtype=torch.float64, device=device)
+    first = tensors[0]
+    if (
+        device.type == "cpu"
+        and first.dtype in (torch.float32, torch.float64)
+        and all(
+            t.device == device and t.dtype == first.dtype and type(t) in _PLAIN for t in tensors
+        )
+    ):  # the common CPU case, kept short: a dot product per large tensor, one call for the rest
+        large = [t for t in tensors if t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous()]
+        if len(large) < len(tensors):
+            small = [t for t in tensors if not (t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous())]
+            parts = list(torch._foreach_powsum(small, 2))
+        else:
+            parts = []
+        parts += [torch.dot(t.view(-1), t.view(-1)) for t in large]
+        return torch.stack(parts).sum(dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     if any(_is_dtensor(t) for t in tensors):  # FSDP2 shards: a global sum over the mesh
         from .distributed import sum_of_squares as global_sum_of_squares
 

@@ -576,12 +576,10 @@ class ECD(torch.optim.Optimizer):
         s["calls"] = call + 1
 
         # ---- pass 1: global reductions over the whole particle (float64, on the device)
-        loss_value = torch.as_tensor(loss.detach() if isinstance(loss, Tensor) else loss)
+        loss_value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
         if loss_value.numel() != 1:
             shape = tuple(loss_value.shape)
             raise ValueError(f"loss must be a single number (a 0-dim tensor), got shape {shape}")
-        loss_value = loss_value.to(device=device, dtype=torch.float64).reshape(())
-        pending = self._start_loss_reduction(loss_value) if self._distributed() else None
         grads = [g for _, _, gs, _ in particle for g in gs]
         momenta = [m for _, _, _, ms in particle for m in ms]
         decayed = [
@@ -589,19 +587,25 @@ class ECD(torch.optim.Optimizer):
             for group, ps, _, _ in particle
             if group["weight_decay"] != 0.0
         ]
-        if pending is not None:  # the all-reduce ran while the local sums were computed
-            work, world, total = pending
-            work.wait()
-            loss_value = total / world
-        sums = [
-            loss_value,
-            sum_of_squares(grads, device),
-            *(sum_of_squares(ps, device) for _, ps in decayed),
-        ]
-        if host:
-            loss_f, grad_sq, *theta_sqs = torch.stack(sums).tolist()  # one read, free on CPU
+        distributed = self._distributed()
+        if host and device.type == "cpu" and not distributed:
+            # the CPU host path: plain floats (reading a CPU value costs nothing)
+            loss_f = loss_value.item()
+            grad_sq = sum_of_squares(grads, device).item()
+            theta_sqs = [sum_of_squares(ps, device).item() for _, ps in decayed]
         else:
-            loss_f, grad_sq, *theta_sqs = sums
+            loss_value = loss_value.to(device=device, dtype=torch.float64).reshape(())
+            pending = self._start_loss_reduction(loss_value) if distributed else None
+            sums = [sum_of_squares(grads, device)]
+            sums += [sum_of_squares(ps, device) for _, ps in decayed]
+            if pending is not None:  # the all-reduce ran while the local sums were computed
+                work, world, total = pending
+                work.wait()
+                loss_value = total / world
+            if host:  # first step, or a CPU particle under torch.distributed: one read
+                loss_f, grad_sq, *theta_sqs = torch.stack([loss_value, *sums]).tolist()
+            else:
+                loss_f, grad_sq, *theta_sqs = [loss_value, *sums]
         objective = loss_f
         for (weight_decay, _), theta_sq in zip(decayed, theta_sqs, strict=True):
             objective = objective + 0.5 * weight_decay * theta_sq
