@@ -31,13 +31,13 @@ def demo_configs(smoke: bool = False) -> tuple[AckleyConfig, ZakharovConfig, Bas
         trials=100,
         tune_steps=200,
         batch=50,
-        starts=20,
-        repeats=3,
-        steps=10_000,
+        starts=40,
+        repeats=5,
+        steps=30_000,
         methods=("bbi", "sgdm"),
     )
     zak = ZakharovConfig(trials=100, tune_steps=2500, batch=50, methods=("bbi", "sgdm", "adam"))
-    bas = BasinsConfig(runs=800, occupation_runs=50, occupation_steps=5000, trajectories=10)
+    bas = BasinsConfig(runs=2000, occupation_runs=50, occupation_steps=5000, trajectories=10)
     if smoke:
         ack = replace(ack, trials=4, tune_steps=30, batch=4, starts=3, repeats=2, steps=200)
         zak = replace(zak, trials=4, tune_steps=50, batch=4, steps=200)
