@@ -303,6 +303,7 @@ def train_run(
     init_seed: int | None = None,
     iterations: int | None = None,
     lr: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
     resample_every: int | None = None,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -316,7 +317,8 @@ def train_run(
     ``seed``); ``seed`` drives the optimizer's randomness (bounces, rotations) and resampling. So
     several runs with one ``init_seed`` and different ``seed`` start from the same point, as in
     §4.4. ``resample_every`` (K): new interior and boundary points every K iterations
-    (``None``: the preset's; ``0``: fixed points).
+    (``None``: the preset's; ``0``: fixed points). ``overrides``: optimizer settings replacing
+    the preset's (e.g. ``{"extra_energy": 50.0, "bounce_direction": "uniform"}``).
     """
     dev = _resolve_device(device)
     n_iter = preset.iterations if iterations is None else iterations
@@ -324,6 +326,7 @@ def train_run(
     settings = dict(preset.optimizers[optimizer])
     if lr is not None:
         settings["lr"] = lr
+    settings.update(overrides or {})
     init_seed = seed if init_seed is None else init_seed
 
     with torch.random.fork_rng(devices=[]):
@@ -440,9 +443,14 @@ def train_runs(
             counts[str(r.nearest_solution)] += 1
             if r.relative_l2_error <= tolerance:
                 converged[str(r.nearest_solution)] += 1
+    settings = dict(preset.optimizers[optimizer])
+    if kwargs.get("lr") is not None:
+        settings["lr"] = kwargs["lr"]
+    settings.update(kwargs.get("overrides") or {})
     return {
         "preset": preset.name,
         "optimizer": optimizer,
+        "optimizer_settings": settings,
         "solutions": [s.as_dict() for s in solutions],
         "runs": [r.as_dict() for r in results],
         "counts": counts,

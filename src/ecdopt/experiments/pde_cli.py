@@ -57,6 +57,13 @@ def add_parser(subparsers: Any) -> None:
     )
     tr.add_argument("--iterations", type=int, default=None, help="default: the preset's")
     tr.add_argument("--lr", type=float, default=None, help="override the preset's lr")
+    tr.add_argument("--extra-energy", type=float, default=None, help="override δE (bbi, ecdsep)")
+    tr.add_argument("--n-bounces", type=int, default=None, help="override N_b (bbi)")
+    tr.add_argument("--bounce-period", type=int, default=None, help="override T0 (bbi)")
+    tr.add_argument("--bounce-patience", type=int, default=None, help="override T1 (bbi)")
+    tr.add_argument(
+        "--bounce-direction", choices=("gaussian", "uniform"), default=None, help="(bbi)"
+    )
     tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     tr.add_argument(
         "--laplacian",
@@ -162,9 +169,26 @@ def run_train(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise _error(f"--device {args.device}: CUDA is not available")
 
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "extra_energy",
+            "n_bounces",
+            "bounce_period",
+            "bounce_patience",
+            "bounce_direction",
+        )
+        if getattr(args, key) is not None
+    }
+    bounce_keys = set(overrides) - {"extra_energy"}
+    if args.optimizer in ("sgdm", "adam") and overrides:
+        raise _error(f"--{next(iter(overrides)).replace('_', '-')} applies to bbi/ecdsep only")
+    if args.optimizer == "ecdsep" and bounce_keys:
+        raise _error("bounce options apply to bbi only (ECDSep rotates instead)")
     doc = train_runs(
         preset,
         args.optimizer,
+        overrides=overrides,
         runs=args.runs,
         seed=args.seed,
         vary_init=args.vary_init,
