@@ -590,3 +590,21 @@ def test_warning_free_normal_step():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _run(opt, params, loss_fn, 3)
+
+
+def test_deepcopy_and_pickle_keep_the_particle():
+    """torch's Optimizer pickles only defaults/state/groups; ECD keeps its config and E too."""
+    import pickle
+
+    x0, loss_fn = _problem(13)
+    params = [torch.nn.Parameter(t) for t in _split(x0)]
+    opt = BBI(params, lr=1e-2, extra_energy=0.4, bounce_period=4, n_bounces=3, seed=2)
+    _run(opt, params, loss_fn, 10)
+    params2, opt2 = copy.deepcopy((params, opt))
+    a = _run(opt, params, loss_fn, 20)
+    b = _run(opt2, params2, loss_fn, 20)
+    for u, v in zip(a, b, strict=True):
+        assert torch.equal(u, v)
+    restored = pickle.loads(pickle.dumps(opt))
+    assert restored.diagnostics() == opt.diagnostics()
+    assert restored.config == opt.config

@@ -367,6 +367,27 @@ class ECD(torch.optim.Optimizer):
             _validate_weight_decay(param_group["weight_decay"])
         super().add_param_group(param_group)
 
+    _PICKLED = (
+        "config",
+        "hamiltonian",
+        "seed",
+        "_seed_given",
+        "capturable",
+        "sync_free",
+        "fused",
+        "reduce_loss",
+        "_has_chaos",
+        "_ecd",
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's Optimizer pickles only defaults, state and param_groups; ECD adds its
+        configuration and the particle's state (generators are re-created, being keyed; a
+        process group cannot be pickled and becomes the default group)."""
+        state = super().__getstate__()
+        state.update({key: self.__dict__[key] for key in self._PICKLED if key in self.__dict__})
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
@@ -374,6 +395,7 @@ class ECD(torch.optim.Optimizer):
             group.setdefault("weight_decay", 0.0)
         self.__dict__.setdefault("_generators", {})
         self.__dict__.setdefault("_late_counters", None)
+        self.__dict__.setdefault("process_group", None)
         self.__dict__.setdefault("_ecd", self._fresh_particle_state())
 
     def state_dict(self) -> dict[str, Any]:
