@@ -540,7 +540,14 @@ class ECD(torch.optim.Optimizer):
         s = self._ecd
         counters = torch.stack([s["c0"], s["c1"], s["fixed_bounces_done"]])
         if device.type == "cuda":
-            values = torch.empty(3, dtype=torch.int64, pin_memory=True)
+            # one pinned buffer is enough: the host reads it (in _known_counters) before the
+            # next copy into it is queued, and copies run in stream order
+            previous = self._late_counters
+            values = (
+                previous[0]
+                if previous is not None and previous[0].is_pinned()
+                else torch.empty(3, dtype=torch.int64, pin_memory=True)
+            )
             values.copy_(counters, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
