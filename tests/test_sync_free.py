@@ -229,3 +229,20 @@ def test_cuda_graph_capture_replays_the_step():
         graph.replay()
     torch.cuda.synchronize()
     assert torch.isfinite(x).all() and float((x**2).sum()) < 64 * 0.34
+
+
+def test_device_state_is_updated_in_place_for_cuda_graphs():
+    """A captured step reads, on replay, the tensors it read at capture: the particle's values
+    must be written into the same tensors every step (not rebound to new ones)."""
+    x = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 5, dtype=F64))
+    opt = BBI(
+        [x], lr=2e-2, extra_energy=0.3, bounce_period=None, bounce_patience=None, capturable=True
+    )
+    _trajectory(opt, x, 2)
+    held = {k: opt._ecd[k] for k in ("momentum_sq", "potential", "c1", "steps", "best_objective")}
+    before = {k: v.clone() for k, v in held.items()}
+    _trajectory(opt, x, 3)
+    for key, tensor in held.items():
+        assert opt._ecd[key] is tensor, key
+    assert int(held["steps"]) == int(before["steps"]) + 3
+    assert not torch.equal(held["momentum_sq"], before["momentum_sq"])

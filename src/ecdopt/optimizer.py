@@ -677,9 +677,9 @@ class ECD(torch.optim.Optimizer):
             # a non-finite gradient must not reach Π or Θ: zero it (the step is masked anyway)
             for g in grads:
                 g.masked_fill_(~finite, 0.0)
-            s["skipped"] = s["skipped"] + ~finite
-            s["loss_floor"] = floor
-            s["potential"] = select(finite, potential, s["potential"])
+            self._store("skipped", s["skipped"] + ~finite)
+            self._store("loss_floor", floor)
+            self._store("potential", select(finite, potential, s["potential"]))
         energy = s["energy"]
         if cfg.adapt_floor:  # the floor moved: restart at E = E(V', δE), direction kept
             energy = select(below_floor, ham.initial_energy(potential, cfg.extra_energy), energy)
@@ -758,7 +758,7 @@ class ECD(torch.optim.Optimizer):
             c0, c1, done = (
                 torch.where(due, a, b) for a, b in zip(after, (c0, c1, done), strict=True)
             )
-            s["bounces"] = s["bounces"] + due
+            self._store("bounces", s["bounces"] + due)
 
         # ---- restoration, kick, drift (symplectic Euler: kick with the old Θ, drift with new Π)
         if cfg.conserve_energy:
@@ -811,21 +811,36 @@ class ECD(torch.optim.Optimizer):
             s["best_objective"] = min(best, objective)
             s["steps"] += 1
         else:
-            s["c0"] = torch.where(moving, c0_next, c0)
-            s["c1"] = torch.where(moving, c1_next, c1)
-            s["fixed_bounces_done"] = done
-            s["best_objective"] = torch.where(
-                moving,
-                torch.minimum(torch.as_tensor(best, dtype=torch.float64, device=device), objective),
-                best,
+            self._store("c0", torch.where(moving, c0_next, c0))
+            self._store("c1", torch.where(moving, c1_next, c1))
+            self._store("fixed_bounces_done", done)
+            best_t = torch.as_tensor(best, dtype=torch.float64, device=device)
+            self._store(
+                "best_objective", torch.where(moving, torch.minimum(best_t, objective), best_t)
             )
-            s["steps"] = s["steps"] + moving
+            self._store("steps", s["steps"] + moving)
             if self._has_chaos and not self.capturable:
                 self._send_counters(device)
-        s["energy"] = energy
-        s["momentum_sq"] = momentum_sq
-        s["rescale"] = rescale
-        s["speed"] = drift * sqrt(momentum_sq)
+        self._store("energy", energy)
+        self._store("momentum_sq", momentum_sq)
+        self._store("rescale", rescale)
+        self._store("speed", drift * sqrt(momentum_sq))
+
+    def _store(self, key: str, value: Any) -> None:
+        """Set a particle value; a device tensor is updated in place, so that a step captured in
+        a CUDA graph reads, on replay, what the previous replay wrote."""
+        old = self._ecd.get(key)
+        if (
+            isinstance(old, Tensor)
+            and isinstance(value, Tensor)
+            and old is not value
+            and old.shape == value.shape
+            and old.dtype == value.dtype
+            and old.device == value.device
+        ):
+            old.copy_(value)
+        else:
+            self._ecd[key] = value
 
     def _fused_kick_drift(self, particle, rescale, kick, energy, potential, moving, host, device):
         """The ``fused=True`` kick and drift; returns (Π² after the kick, the drift factor D)."""
