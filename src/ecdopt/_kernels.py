@@ -11,12 +11,21 @@ on the parameters' device on the sync-free path; nothing here ever reads a devic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["ecd_drift_", "ecd_kick_", "fused_drift_", "fused_kick_drift_", "sum_of_squares"]
+__all__ = [
+    "ecd_drift_",
+    "ecd_kick_",
+    "fused_drift_",
+    "fused_kick_drift_",
+    "host_sum_of_squares",
+    "is_plain_cpu",
+    "sum_of_squares",
+]
 
 Coefficient = Tensor | float
 
@@ -25,6 +34,8 @@ def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[T
     """Split parallel lists by the device of the first list (one group in the usual case)."""
     first = lists[0]
     device = first[0].device
+    if device.type == "cpu" and _all_cpu(first):  # the common case, cheap to establish
+        return [(device, list(lists))]
     if all(t.device == device for t in first):
         return [(device, [list(ts) for ts in lists])]
     groups: dict[torch.device, list[list[Tensor]]] = {}
@@ -36,6 +47,7 @@ def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[T
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+_WIDE = (torch.float32, torch.float64)
 _DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs its speed
 
 
@@ -57,6 +69,33 @@ def _is_dtensor(t: Tensor) -> bool:
     from .distributed import is_dtensor
 
     return is_dtensor(t)
+
+
+def _all_cpu(tensors: Sequence[Tensor]) -> bool:
+    return all(t.is_cpu for t in tensors)
+
+
+def is_plain_cpu(tensor: Tensor) -> bool:
+    """A float32/float64 CPU tensor (not a subclass such as a DTensor)."""
+    return type(tensor) in _PLAIN and tensor.is_cpu and tensor.dtype in _WIDE
+
+
+def host_sum_of_squares(
+    tensors: Sequence[Tensor], device: torch.device, *, plain: bool | None = None
+) -> float:
+    """:func:`sum_of_squares` as a Python float (the CPU host path: reading a CPU value is free;
+    ``math.fsum`` adds the per-tensor sums exactly). ``plain``: the caller already knows whether
+    every tensor satisfies :func:`is_plain_cpu` (None: check)."""
+    if plain is None:
+        plain = all(is_plain_cpu(t) for t in tensors)
+    if not plain:
+        return sum_of_squares(tensors, device).item()
+    large = [t for t in tensors if t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous()]
+    parts = [torch.dot(t.view(-1), t.view(-1)) for t in large]
+    if len(large) < len(tensors):
+        small = [t for t in tensors if not (t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous())]
+        parts += torch._foreach_powsum(small, 2)
+    return math.fsum(x.item() for x in parts)
 
 
 def _single_tensor_kick_(

@@ -30,7 +30,15 @@ import torch
 from torch import Tensor
 
 from . import chaos
-from ._kernels import ecd_drift_, ecd_kick_, fused_drift_, fused_kick_drift_, sum_of_squares
+from ._kernels import (
+    ecd_drift_,
+    ecd_kick_,
+    fused_drift_,
+    fused_kick_drift_,
+    host_sum_of_squares,
+    is_plain_cpu,
+    sum_of_squares,
+)
 from .hamiltonians import (
     HAMILTONIANS,
     Hamiltonian,
@@ -434,6 +442,7 @@ class ECD(torch.optim.Optimizer):
         self.seed = int(particle.pop("seed", self.seed))
         particle.pop("config", None)
         self._late_counters = None
+        self._placed = None
         self._ecd = {
             **self._fresh_particle_state(),
             **{k: (v.clone() if isinstance(v, Tensor) else v) for k, v in particle.items()},
@@ -441,6 +450,10 @@ class ECD(torch.optim.Optimizer):
 
     def _place_state(self, device: torch.device, sync_free: bool) -> None:
         """Scalars as floats/ints on the host path, as 0-dim device tensors on the sync-free one."""
+        placed = (device, sync_free)
+        if self.__dict__.get("_placed") == placed:
+            return
+        self._placed = placed
         s = self._ecd
         for key in (*_SCALAR_KEYS, *_COUNTER_KEYS):
             value = s[key]
@@ -484,27 +497,31 @@ class ECD(torch.optim.Optimizer):
     def _particle(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]]:
         """(group, params, grads, momenta) for the params that have a gradient."""
         out = []
+        state = self.state
+        plain = True  # every param (hence grad and Π) a float32/float64 CPU tensor
         for group in self.param_groups:
             params, grads, momenta = [], [], []
             for p in group["params"]:
                 grad = p.grad
                 if grad is None:
                     continue
-                if grad.is_sparse:
-                    raise ValueError("ECD does not support sparse gradients (got one for a param)")
-                if grad.is_complex() or p.is_complex():
-                    raise ValueError("ECD does not support complex parameters or gradients")
-                state = self.state[p]
-                momentum = state.get("momentum")
+                if grad.is_sparse or grad.dtype.is_complex:
+                    kind = "sparse" if grad.is_sparse else "complex"
+                    raise ValueError(f"ECD does not support {kind} gradients (got one for a param)")
+                momentum = state[p].get("momentum")
                 if momentum is None:
-                    momentum = state["momentum"] = torch.zeros_like(
+                    if p.dtype.is_complex:
+                        raise ValueError("ECD does not support complex parameters")
+                    momentum = state[p]["momentum"] = torch.zeros_like(
                         p, dtype=momentum_dtype(p), memory_format=torch.preserve_format
                     )
+                plain = plain and is_plain_cpu(p) and grad.dtype == p.dtype and grad.is_cpu
                 params.append(p)
                 grads.append(grad)
                 momenta.append(momentum)
             if params:
                 out.append((group, params, grads, momenta))
+        self._plain_cpu = plain
         return out
 
     def _draw(self, like: list[Tensor], step: int, stream: int, kind: str) -> list[Tensor]:
@@ -620,8 +637,9 @@ class ECD(torch.optim.Optimizer):
         if host and device.type == "cpu" and not distributed:
             # the CPU host path: plain floats (reading a CPU value costs nothing)
             loss_f = loss_value.item()
-            grad_sq = sum_of_squares(grads, device).item()
-            theta_sqs = [sum_of_squares(ps, device).item() for _, ps in decayed]
+            plain = self._plain_cpu
+            grad_sq = host_sum_of_squares(grads, device, plain=plain)
+            theta_sqs = [host_sum_of_squares(ps, device, plain=plain) for _, ps in decayed]
         else:
             loss_value = loss_value.to(device=device, dtype=torch.float64).reshape(())
             pending = self._start_loss_reduction(loss_value) if distributed else None
@@ -791,9 +809,12 @@ class ECD(torch.optim.Optimizer):
                     weight_decay=group["weight_decay"],
                     foreach=group["foreach"] is not False,
                 )
-            momentum_sq = sum_of_squares(momenta, device)
-            if host:
-                momentum_sq = momentum_sq.item()
+            if host and device.type == "cpu":
+                momentum_sq = host_sum_of_squares(momenta, device, plain=self._plain_cpu)
+            else:
+                momentum_sq = sum_of_squares(momenta, device)
+                if host:
+                    momentum_sq = momentum_sq.item()
             drift = ham.drift_factor(energy, dynamical, momentum_sq)
             if not host:
                 drift = torch.where(moving, drift, 0.0)
