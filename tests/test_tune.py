@@ -81,6 +81,9 @@ def test_killed_worker_trial_is_failed_and_study_resumes(tmp_path: Path):
         while time.monotonic() < deadline:
             try:
                 if _states(url, "resume") == ["RUNNING"]:
+                    # let the heartbeat thread record at least one beat (every 1 s): a trial
+                    # that never beat is not "stale" to Optuna, it would stay RUNNING
+                    time.sleep(2.5)
                     break
             except Exception:  # the study or tables do not exist yet
                 pass
