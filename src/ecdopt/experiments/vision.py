@@ -121,6 +121,17 @@ _CIFAR_BBI = {
     "bounce_patience": 200,
 }
 
+
+def _mnist_family_hyperparameters() -> dict[str, dict[str, float]]:
+    """The defaults shared by the digits, mnist5k and mnist presets (a fresh copy each)."""
+    return {
+        "sgdm": {"lr": 0.05, "momentum": 0.9},
+        "adam": {"lr": 1e-3},
+        "bbi": dict(_MNIST_BBI),
+        "ecdsep": {"lr": 0.1, "extra_energy": 0.5},
+    }
+
+
 PRESETS: dict[str, Preset] = {
     # Measured here (docs/vision.md): well under a minute on 2 CPU cores, both ~98 % test
     # accuracy; BBI uses the paper's MNIST settings (its grid winner lr 0.2, δE 1).
@@ -129,24 +140,14 @@ PRESETS: dict[str, Preset] = {
         batch_size=32,
         epochs=20,
         search_epochs=3,
-        hyperparameters={
-            "sgdm": {"lr": 0.05, "momentum": 0.9},
-            "adam": {"lr": 1e-3},
-            "bbi": dict(_MNIST_BBI),
-            "ecdsep": {"lr": 0.1, "extra_energy": 0.5},
-        },
+        hyperparameters=_mnist_family_hyperparameters(),
     ),
     "mnist5k": Preset(
         model="mnist_cnn",
         batch_size=50,
         epochs=10,
         search_epochs=3,
-        hyperparameters={
-            "sgdm": {"lr": 0.05, "momentum": 0.9},
-            "adam": {"lr": 1e-3},
-            "bbi": dict(_MNIST_BBI),
-            "ecdsep": {"lr": 0.1, "extra_energy": 0.5},
-        },
+        hyperparameters=_mnist_family_hyperparameters(),
     ),
     # Paper §4.5: batch 50, 3-epoch grid, then 50-epoch runs. BBI: the authors' grid winner.
     "mnist": Preset(
@@ -154,12 +155,7 @@ PRESETS: dict[str, Preset] = {
         batch_size=50,
         epochs=50,
         search_epochs=3,
-        hyperparameters={
-            "sgdm": {"lr": 0.05, "momentum": 0.9},
-            "adam": {"lr": 1e-3},
-            "bbi": dict(_MNIST_BBI),
-            "ecdsep": {"lr": 0.1, "extra_energy": 0.5},
-        },
+        hyperparameters=_mnist_family_hyperparameters(),
     ),
     # Paper §4.5: ResNet-18, 3-epoch trials, then 150-epoch runs; batch 128 as in the authors'
     # code. Learning rates: the authors' search winners (their best-parameters-cifar.json).
