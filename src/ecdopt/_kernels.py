@@ -51,15 +51,6 @@ _WIDE = (torch.float32, torch.float64)
 _DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs its speed
 
 
-def _cpu_square_sum(t: Tensor) -> Tensor:
-    """Σx² of a float32/float64 CPU tensor: a BLAS dot product (about twice as fast as
-    ``_foreach_powsum`` there) when the memory is contiguous, else a reduction."""
-    if t.is_contiguous():
-        flat = t.view(-1)
-        return torch.dot(flat, flat)
-    return torch._foreach_powsum([t], 2)[0]
-
-
 def _is_dtensor(t: Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2 parameter), without importing torch.distributed
     for plain tensors."""
@@ -90,12 +81,19 @@ def host_sum_of_squares(
         plain = all(is_plain_cpu(t) for t in tensors)
     if not plain:
         return sum_of_squares(tensors, device).item()
+    return math.fsum(x.item() for x in _cpu_partial_squares(tensors))
+
+
+def _cpu_partial_squares(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Σx² of each float32/float64 CPU tensor (0-dim tensors, one per tensor or group): a BLAS
+    dot product for each large contiguous tensor (about twice as fast as ``_foreach_powsum``
+    there), one ``_foreach_powsum`` call for the rest."""
     large = [t for t in tensors if t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous()]
     parts = [torch.dot(t.view(-1), t.view(-1)) for t in large]
     if len(large) < len(tensors):
         small = [t for t in tensors if not (t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous())]
         parts += torch._foreach_powsum(small, 2)
-    return math.fsum(x.item() for x in parts)
+    return parts
 
 
 def _single_tensor_kick_(
@@ -202,14 +200,7 @@ def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
             t.device == device and t.dtype == first.dtype and type(t) in _PLAIN for t in tensors
         )
     ):  # the common CPU case, kept short: a dot product per large tensor, one call for the rest
-        large = [t for t in tensors if t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous()]
-        if len(large) < len(tensors):
-            small = [t for t in tensors if not (t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous())]
-            parts = list(torch._foreach_powsum(small, 2))
-        else:
-            parts = []
-        parts += [torch.dot(t.view(-1), t.view(-1)) for t in large]
-        return torch.stack(parts).sum(dtype=torch.float64)
+        return torch.stack(_cpu_partial_squares(tensors)).sum(dtype=torch.float64)
     total = torch.zeros((), dtype=torch.float64, device=device)
     if any(_is_dtensor(t) for t in tensors):  # FSDP2 shards: a global sum over the mesh
         from .distributed import sum_of_squares as global_sum_of_squares
@@ -223,7 +214,7 @@ def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
             if dtype in (torch.float16, torch.bfloat16):
                 squares = torch._foreach_powsum(group, 2, dtype=torch.float32)
             elif dev.type == "cpu":
-                squares = [_cpu_square_sum(t) for t in group]
+                squares = _cpu_partial_squares(group)
             else:
                 squares = torch._foreach_powsum(group, 2)
             partial = torch.stack(squares).sum(dtype=torch.float64)

@@ -191,6 +191,30 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def _split_image_data(
+    name: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_fraction: float,
+    split_seed: int,
+    *,
+    transform: Transform,
+    source: str,
+) -> ImageData:
+    """A fixed stratified train/test split of one labelled image array (10 classes)."""
+    train, test = stratified_split(labels, test_fraction, split_seed)
+    return ImageData(
+        name=name,
+        train_x=torch.from_numpy(images[train]),
+        train_y=torch.from_numpy(labels[train]),
+        test_x=torch.from_numpy(images[test]),
+        test_y=torch.from_numpy(labels[test]),
+        num_classes=10,
+        transform=transform,
+        source=source,
+    )
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
@@ -380,14 +404,12 @@ def load_digits(test_fraction: float = 0.25, split_seed: int = 0) -> ImageData:
     bunch = sk_load_digits()
     images = bunch.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     labels = bunch.target.astype(np.int64)
-    train, test = stratified_split(labels, test_fraction, split_seed)
-    return ImageData(
-        name="digits",
-        train_x=torch.from_numpy(images[train]),
-        train_y=torch.from_numpy(labels[train]),
-        test_x=torch.from_numpy(images[test]),
-        test_y=torch.from_numpy(labels[test]),
-        num_classes=10,
+    return _split_image_data(
+        "digits",
+        images,
+        labels,
+        test_fraction,
+        split_seed,
         transform=_scale_01(16.0, DIGITS_MEAN, DIGITS_STD),
         source="sklearn.datasets.load_digits",
     )
@@ -426,14 +448,12 @@ def load_mnist5k(test_fraction: float = 0.2, split_seed: int = 0) -> ImageData:
     labels = table[:, -1]
     if labels.max() > 9:
         raise DataError(f"{path} has labels above 9")
-    train, test = stratified_split(labels, test_fraction, split_seed)
-    return ImageData(
-        name="mnist5k",
-        train_x=torch.from_numpy(images[train]),
-        train_y=torch.from_numpy(labels[train]),
-        test_x=torch.from_numpy(images[test]),
-        test_y=torch.from_numpy(labels[test]),
-        num_classes=10,
+    return _split_image_data(
+        "mnist5k",
+        images,
+        labels,
+        test_fraction,
+        split_seed,
         transform=_scale_01(255.0),
         source=str(path),
     )

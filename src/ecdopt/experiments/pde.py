@@ -492,6 +492,17 @@ def plot_solutions(solutions: Sequence[RadialSolution], path: Path, title: str =
     return path
 
 
+def _save(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> Path:
+    """Legend, grid and title on ``ax``, then write ``fig`` to ``path`` (PNG) and close it."""
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_sections(
     results: Sequence[RunResult], solutions: Sequence[RadialSolution], path: Path, title: str = ""
 ) -> Path:
@@ -516,13 +527,7 @@ def plot_sections(
         )
     ax.set_xlabel("$x_1$ ($x_2 = 0$)")
     ax.set_ylabel("u")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, title, path)
 
 
 def plot_losses(results: Sequence[RunResult], path: Path, title: str = "") -> Path:
@@ -538,10 +543,4 @@ def plot_losses(results: Sequence[RunResult], path: Path, title: str = "") -> Pa
         )
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (eq. 19)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, title, path)
