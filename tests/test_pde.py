@@ -6,7 +6,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from ecdopt.experiments.pde import (
     paper_source_eq55,
     sample_ball,
     sample_sphere,
+    shifted_preset,
     shoot,
     smoke_preset,
     train_run,
@@ -88,6 +89,7 @@ def test_source_matches_eq55_and_f0():
         (PAPER_PROBLEM, functorch_laplacian),
         (RadialProblem(SinSquaredProfile(2.0), dim=3), double_backward_laplacian),
         (RadialProblem(GaussianProfile(), dim=4), double_backward_laplacian),
+        (PRESETS["twin"].problem, double_backward_laplacian),
     ],
 )
 def test_manufactured_solution_has_zero_residual(problem, laplacian):
@@ -247,6 +249,51 @@ def test_shooting_for_another_profile_and_dimension():
     np.testing.assert_allclose(dense(r)[0], np.exp(-(r**2)), atol=1e-8)
 
 
+def test_twin_preset_has_two_nearby_solutions():
+    """The shifted profile sin²(2r²) − 4.6: the manufactured root u(0) = −4.6 and a second one
+    near u(0) = −0.58, both hitting f0 on the sphere, far apart in relative L2."""
+    problem = PRESETS["twin"].problem
+    assert problem.boundary_value == pytest.approx(math.sin(2.0) ** 2 - 4.6, rel=1e-14)
+    sols = find_radial_solutions(problem, n_grid=401)
+    assert len(sols) == 2
+    made, other = sols
+    assert made.u0 == pytest.approx(-4.6, abs=1e-8)
+    assert np.max(np.abs(made.values - (np.sin(2 * made.radii**2) ** 2 - 4.6))) < 1e-6
+    assert other.u0 == pytest.approx(-0.5760, abs=2e-3)
+    assert all(s.u1 == pytest.approx(problem.boundary_value, abs=1e-8) for s in sols)
+    # the classification can tell them apart: each is > 40% (relative L2) from the other
+    r = made.radii
+    weight = r  # area element in d = 2
+    norm = [np.sqrt(np.sum(s.values**2 * weight)) for s in sols]
+    gap = np.sqrt(np.sum((made.values - other.values) ** 2 * weight))
+    assert min(gap / n for n in norm) > 0.4
+
+
+def test_bounces_split_runs_that_share_an_initialisation():
+    """§4.4's mechanism: one initialisation, different bounce seeds. The runs agree before the
+    first fixed bounce and differ after it; the same seed repeats exactly."""
+    preset = replace(smoke_preset(PRESETS["twin"]), iterations=12)
+    sols = find_radial_solutions(preset.problem, n_grid=401)
+
+    def final(seed: int, iterations: int) -> list[float]:
+        run = train_run(
+            preset,
+            "bbi",
+            sols,
+            seed=seed,
+            init_seed=0,
+            iterations=iterations,
+            overrides={"bounce_period": 5},
+        )
+        return run.errors
+
+    assert final(1, 5) == final(2, 5)  # steps 0-4: no bounce yet, identical
+    assert final(1, 12) != final(2, 12)  # the bounce at step 5 drew different directions
+    assert final(1, 12) == final(1, 12)
+    with pytest.raises(ValueError, match="trace_every must be a positive"):
+        train_run(preset, "bbi", sols, trace_every=0)
+
+
 def test_classify_picks_the_nearest():
     assert classify([0.3, 0.01]) == 1
     assert classify([math.nan, 0.5]) == 1
@@ -319,6 +366,8 @@ def test_cli_solutions_and_train_smoke(tmp_path):
         "--seed",
         "3",
         "--smoke",
+        "--trace-every",
+        "8",
         "--json",
         str(tmp_path / "t.json"),
         "--out",
@@ -332,8 +381,28 @@ def test_cli_solutions_and_train_smoke(tmp_path):
         for key in ("relative_l2_error", "final_loss", "wall_seconds"):
             assert isinstance(run[key], float)
     assert sum(doc["counts"].values()) == 2
+    for run in doc["runs"]:  # smoke: 20 iterations, a record at 0, 8, 16 and the end
+        assert run["trace"]["steps"] == [0, 8, 16, 20]
+        assert run["trace"]["errors"][-1] == run["errors"]
+        assert run["trace"]["errors"][0] != run["errors"]  # it did train
+    assert (tmp_path / "pde_small_bbi_trace.png").stat().st_size > 1000
     assert (tmp_path / "pde_small_bbi_sections.png").exists()
     assert (tmp_path / "pde_small_bbi_loss.png").exists()
+
+
+def test_cli_shift_moves_along_the_family(tmp_path):
+    out = _cli("solutions", "--preset", "small", "--shift", "-4.6", "--smoke")
+    assert out.returncode == 0, out.stderr
+    assert "preset small_shift-4.6" in out.stdout
+    out = _cli("solutions", "--preset", "twin", "--smoke", "--json", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["profile"] == {"kind": "SinSquaredProfile", "a": 2.0, "shift": -4.6}
+    assert [round(s["u0"], 2) for s in doc["solutions"]] == [-4.6, -0.58]
+    assert shifted_preset(PRESETS["small"], -4.6).problem == PRESETS["twin"].problem
+    gauss = replace(PRESETS["small"], profile=GaussianProfile())
+    with pytest.raises(ValueError, match="shift needs a SinSquaredProfile"):
+        shifted_preset(gauss, 1.0)
 
 
 def test_cli_errors_exit_2(tmp_path):

@@ -3,8 +3,9 @@
 Pieces (the math lives in :mod:`~ecdopt.experiments.pde_problem` and
 :mod:`~ecdopt.experiments.pde_model`; this module holds the harness):
 
-* :class:`PDEPreset` — ``paper`` (App. B and §4.4 exactly; GPU-sized) and ``small`` (a gentler
-  manufactured solution of the same family, ``sin²(2 r²)`` in d = 2, CPU-sized).
+* :class:`PDEPreset` — ``paper`` (App. B and §4.4 exactly; GPU-sized), ``small`` (a gentler
+  manufactured solution of the same family, ``sin²(2 r²)`` in d = 2, CPU-sized) and ``twin``
+  (``sin²(2 r²) − 4.6``: bounced runs from one start reach either of its two solutions).
 * :func:`reference_solutions` — every radial solution by the shooting method (Fig. 7).
 * :func:`train_run` / :func:`train_runs` — one or several runs; each trained network is classified
   by its relative L2 error to each reference solution (nearest solution).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -68,10 +69,13 @@ __all__ = [
     "plot_losses",
     "plot_sections",
     "plot_solutions",
+    "plot_traces",
+    "profile_description",
     "reference_solutions",
     "relative_l2_errors",
     "sample_ball",
     "sample_sphere",
+    "shifted_preset",
     "shoot",
     "smoke_preset",
     "train_run",
@@ -172,7 +176,47 @@ SMALL = PDEPreset(
     n_grid=2001,
 )
 
-PRESETS: Mapping[str, PDEPreset] = _frozen({"paper": PAPER, "small": SMALL})
+TWIN = replace(
+    SMALL,
+    name="twin",
+    # u = sin²(2 r²) − 4.6: near the shift where BBI runs from init seed 0 switch from one
+    # radial solution to the other (docs/pde.md), so that bounces decide which one they reach
+    profile=SinSquaredProfile(2.0, shift=-4.6),
+    iterations=10_000,
+    optimizers=_frozen(
+        {
+            **SMALL.optimizers,
+            "bbi": {
+                **SMALL.optimizers["bbi"],
+                "extra_energy": 50.0,
+                "bounce_direction": "uniform",
+            },
+        }
+    ),
+)
+
+PRESETS: Mapping[str, PDEPreset] = _frozen({"paper": PAPER, "small": SMALL, "twin": TWIN})
+
+
+def shifted_preset(preset: PDEPreset, shift: float) -> PDEPreset:
+    """The preset with its ``sin²`` profile shifted to ``u = shift + sin²(a r²)`` (renamed
+    ``<name>_shift<c>`` so that its plots do not overwrite the preset's)."""
+    if not isinstance(preset.profile, SinSquaredProfile):
+        raise ValueError(
+            f"shift needs a SinSquaredProfile; preset {preset.name!r} has "
+            f"{type(preset.profile).__name__}"
+        )
+    return replace(
+        preset,
+        name=f"{preset.name}_shift{shift:g}",
+        profile=replace(preset.profile, shift=float(shift)),
+    )
+
+
+def profile_description(profile: Callable[[Tensor], Tensor]) -> dict[str, Any]:
+    """The manufactured profile for the JSON: its class and, for a dataclass, its fields."""
+    fields = asdict(profile) if is_dataclass(profile) and not isinstance(profile, type) else {}
+    return {"kind": type(profile).__name__, **fields}
 
 
 def smoke_preset(preset: PDEPreset) -> PDEPreset:
@@ -260,6 +304,9 @@ class RunResult:
     loss_steps: np.ndarray = field(repr=False)
     loss_values: np.ndarray = field(repr=False)
     section: np.ndarray = field(repr=False)  # N(t, 0, ..., 0) on SECTION_T
+    # relative L2 error to each reference every ``trace_every`` iterations (empty if not asked)
+    trace_steps: list[int] = field(default_factory=list, repr=False)
+    trace_errors: list[list[float]] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (non-finite numbers become ``null``)."""
@@ -276,6 +323,16 @@ class RunResult:
             "ms_per_iteration": 1e3 * self.wall_seconds / max(self.iterations, 1),
             "iterations": self.iterations,
             "seed": self.seed,
+            **(
+                {
+                    "trace": {
+                        "steps": list(self.trace_steps),
+                        "errors": [[num(e) for e in row] for row in self.trace_errors],
+                    }
+                }
+                if self.trace_steps
+                else {}
+            ),
         }
 
 
@@ -308,6 +365,7 @@ def train_run(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     laplacian: str = "forward",
+    trace_every: int | None = None,
     progress: bool = False,
     desc: str = "",
 ) -> RunResult:
@@ -319,7 +377,12 @@ def train_run(
     §4.4. ``resample_every`` (K): new interior and boundary points every K iterations
     (``None``: the preset's; ``0``: fixed points). ``overrides``: optimizer settings replacing
     the preset's (e.g. ``{"extra_energy": 50.0, "bounce_direction": "uniform"}``).
+    ``trace_every`` (K): record the relative L2 error to each reference every K iterations (and
+    at the end), to watch a run move between solutions; each record is one forward pass on the
+    evaluation points (and a host sync), counted in ``wall_seconds``.
     """
+    if trace_every is not None and trace_every < 1:
+        raise ValueError(f"trace_every must be a positive number of iterations, got {trace_every}")
     dev = _resolve_device(device)
     n_iter = preset.iterations if iterations is None else iterations
     k = preset.resample_every if resample_every is None else (resample_every or None)
@@ -344,6 +407,14 @@ def train_run(
 
     x_int, f_int, x_bnd = new_points(points_gen)
     opt = make_optimizer(optimizer, model.parameters(), settings, seed=seed)
+    eval_gen = torch.Generator().manual_seed(12_345)
+    x_eval = sample_ball(preset.n_eval, preset.dim, eval_gen, dtype=torch.float64)
+    trace_steps: list[int] = []
+    trace_errors: list[list[float]] = []
+
+    def record(it: int) -> None:
+        trace_steps.append(it)
+        trace_errors.append(relative_l2_errors(model, solutions, x_eval))
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
@@ -360,6 +431,8 @@ def train_run(
         bar = tqdm(total=n_iter, desc=desc or f"{preset.name}/{optimizer}", leave=False)
     start = time.perf_counter()
     for it in range(n_iter):
+        if trace_every and it % trace_every == 0:
+            record(it)
         if k and it > 0 and it % k == 0:
             x_int, f_int, x_bnd = new_points(resample_gen)
         loss = opt.step(closure)
@@ -379,9 +452,10 @@ def train_run(
     with torch.no_grad():
         final_loss = float(loss_fn(model, x_int, f_int, x_bnd)) if n_iter == 0 else float(loss)
     values = torch.stack(logged).double().cpu().numpy() if logged else np.zeros(0)
-    eval_gen = torch.Generator().manual_seed(12_345)
-    x_eval = sample_ball(preset.n_eval, preset.dim, eval_gen, dtype=torch.float64)
     errors = relative_l2_errors(model, solutions, x_eval)
+    if trace_every:
+        trace_steps.append(n_iter)
+        trace_errors.append(errors)
     nearest = classify(errors)
     with torch.no_grad():
         section = model(_section_points(preset.dim).to(device=dev, dtype=dtype))
@@ -396,6 +470,8 @@ def train_run(
         loss_steps=np.asarray(steps),
         loss_values=values,
         section=section.double().cpu().numpy(),
+        trace_steps=trace_steps,
+        trace_errors=trace_errors,
     )
 
 
@@ -449,6 +525,8 @@ def train_runs(
     settings.update(kwargs.get("overrides") or {})
     return {
         "preset": preset.name,
+        "profile": profile_description(preset.profile),
+        "dim": preset.dim,
         "optimizer": optimizer,
         "optimizer_settings": settings,
         "solutions": [s.as_dict() for s in solutions],
@@ -528,6 +606,32 @@ def plot_sections(
     ax.set_xlabel("$x_1$ ($x_2 = 0$)")
     ax.set_ylabel("u")
     return _save(plt, fig, ax, title, path)
+
+
+def plot_traces(results: Sequence[RunResult], path: Path, title: str = "") -> Path:
+    """Relative L2 error to each reference solution along each run (``trace_every``).
+
+    One panel per reference solution, one line per run; a run that commits to solution k goes
+    to zero in panel k.
+    """
+    plt = _pyplot()
+    n_sol = max((len(r.trace_errors[0]) for r in results if r.trace_errors), default=1)
+    fig, axes = plt.subplots(1, n_sol, figsize=(4.5 * n_sol, 3.8), squeeze=False, sharey=True)
+    for k, ax in enumerate(axes[0]):
+        for i, r in enumerate(results):
+            if r.trace_errors:
+                err = np.array([row[k] for row in r.trace_errors], dtype=float)
+                ax.semilogy(r.trace_steps, err, lw=1, label=f"run {i} (→ {r.nearest_solution})")
+        ax.set_xlabel("iteration")
+        ax.set_title(f"error to solution {k}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("relative L2 error")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_losses(results: Sequence[RunResult], path: Path, title: str = "") -> Path:

@@ -1,8 +1,9 @@
 """``ecdopt pde``: reference solutions by shooting (Fig. 7) and training runs (§4.4, App. B).
 
-ecdopt pde solutions [--preset paper|small] [--json FILE] [--out DIR] [--smoke]
-ecdopt pde train --preset small|paper --optimizer bbi|ecdsep|sgdm|adam --runs N --seed S
-                 [--resample-every K] [--iterations N] [--lr X] [--smoke] --json FILE --out DIR
+ecdopt pde solutions [--preset paper|small|twin] [--shift C] [--json FILE] [--out DIR] [--smoke]
+ecdopt pde train --preset small|twin|paper --optimizer bbi|ecdsep|sgdm|adam --runs N --seed S
+                 [--resample-every K] [--iterations N] [--lr X] [--shift C] [--smoke]
+                 --json FILE --out DIR
 """
 
 from __future__ import annotations
@@ -26,14 +27,21 @@ def add_parser(subparsers: Any) -> None:
     sub.required = True
 
     sol = sub.add_parser("solutions", help="reference solutions by the radial shooting method")
-    sol.add_argument("--preset", default="paper", help="paper or small (default: paper)")
+    sol.add_argument("--preset", default="paper", help="paper, small or twin (default: paper)")
     sol.add_argument("--json", type=Path, default=None, help="write the solutions as JSON")
     sol.add_argument("--out", type=Path, default=None, help="directory for the Fig. 7 plot")
     sol.add_argument("--smoke", action="store_true", help="coarse scan (tests)")
+    sol.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        metavar="C",
+        help="replace the profile's shift c: u = c + sin²(a r²) (default: the preset's)",
+    )
     sol.set_defaults(func=run_solutions)
 
     tr = sub.add_parser("train", help="train the eq. 56 ansatz on the eq. 19 loss")
-    tr.add_argument("--preset", default="small", help="small or paper (default: small)")
+    tr.add_argument("--preset", default="small", help="small, twin or paper (default: small)")
     tr.add_argument("--optimizer", default="bbi", help="bbi, ecdsep, sgdm or adam")
     tr.add_argument("--runs", type=int, default=1, help="number of runs (default: 1)")
     tr.add_argument("--seed", type=int, default=0, help="init seed; run i uses seed + i")
@@ -71,12 +79,26 @@ def add_parser(subparsers: Any) -> None:
         help="forward, double_backward or functorch (default: forward)",
     )
     tr.add_argument(
+        "--trace-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="record the error to each solution every K iterations (JSON 'trace', a plot)",
+    )
+    tr.add_argument(
         "--tolerance",
         type=float,
         default=0.05,
         help="relative L2 error below which a run counts as converged",
     )
     tr.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
+    tr.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        metavar="C",
+        help="replace the profile's shift c: u = c + sin²(a r²) (default: the preset's)",
+    )
     tr.add_argument("--json", type=Path, required=True, help="output JSON file")
     tr.add_argument("--out", type=Path, required=True, help="directory for the plots")
     tr.set_defaults(func=run_train)
@@ -88,13 +110,17 @@ def _error(message: str) -> Exception:
     return CommandError(message)
 
 
-def _preset(name: str, smoke: bool):
-    from ecdopt.experiments.pde import PRESETS, smoke_preset
+def _preset(args: argparse.Namespace):
+    from ecdopt.experiments.pde import PRESETS, shifted_preset, smoke_preset
 
-    if name not in PRESETS:
-        raise _error(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
-    preset = PRESETS[name]
-    return smoke_preset(preset) if smoke else preset
+    if args.preset not in PRESETS:
+        raise _error(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[args.preset]
+    if args.shift is not None:
+        if not math.isfinite(args.shift):
+            raise _error("--shift must be a finite number")
+        preset = shifted_preset(preset, args.shift)
+    return smoke_preset(preset) if args.smoke else preset
 
 
 def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
@@ -106,9 +132,14 @@ def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
 
 def run_solutions(args: argparse.Namespace) -> int:
     """``ecdopt pde solutions``: print, save and plot every radial solution."""
-    from ecdopt.experiments.pde import bracket_bound, plot_solutions, reference_solutions
+    from ecdopt.experiments.pde import (
+        bracket_bound,
+        plot_solutions,
+        profile_description,
+        reference_solutions,
+    )
 
-    preset = _preset(args.preset, args.smoke)
+    preset = _preset(args)
     problem = preset.problem
     bound = bracket_bound(problem)
     solutions = reference_solutions(preset)
@@ -123,6 +154,7 @@ def run_solutions(args: argparse.Namespace) -> int:
         )
     doc = {
         "preset": preset.name,
+        "profile": profile_description(preset.profile),
         "dim": problem.dim,
         "f0": problem.boundary_value,
         "bracket": [-bound, bound],
@@ -150,10 +182,11 @@ def run_train(args: argparse.Namespace) -> int:
         OPTIMIZERS,
         plot_losses,
         plot_sections,
+        plot_traces,
         train_runs,
     )
 
-    preset = _preset(args.preset, args.smoke)
+    preset = _preset(args)
     if args.optimizer not in OPTIMIZERS:
         raise _error(f"unknown optimizer {args.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if args.laplacian not in LAPLACIANS:
@@ -164,6 +197,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise _error("--iterations must be non-negative")
     if args.resample_every is not None and args.resample_every < 0:
         raise _error("--resample-every must be non-negative (0: never)")
+    if args.trace_every is not None and args.trace_every < 1:
+        raise _error("--trace-every must be at least 1")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise _error("--lr must be a positive number")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -199,6 +234,7 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         laplacian=args.laplacian,
         tolerance=args.tolerance,
+        trace_every=args.trace_every,
         progress=sys.stderr.isatty(),
     )
     results = doc.pop("_results")
@@ -216,5 +252,8 @@ def run_train(args: argparse.Namespace) -> int:
     title = f"{preset.name} preset, {args.optimizer}, {len(results)} run(s)"
     sections = plot_sections(results, solutions, args.out / f"{stem}_sections.png", title)
     losses = plot_losses(results, args.out / f"{stem}_loss.png", title)
-    print(f"wrote {args.json}, {sections}, {losses}")
+    written = [str(args.json), str(sections), str(losses)]
+    if args.trace_every:
+        written.append(str(plot_traces(results, args.out / f"{stem}_trace.png", title)))
+    print(f"wrote {', '.join(written)}")
     return 0

@@ -54,17 +54,26 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SinSquaredProfile:
-    """``h(s) = sin²(a s)`` with ``s = r²``: the paper's eq. 54 for ``a = 20``."""
+    """``h(s) = c + sin²(a s)`` with ``s = r²``: the paper's eq. 54 for ``a = 20``, ``c = 0``.
+
+    The shift ``c`` moves the problem along a one-parameter family whose two radial solutions
+    trade places as the attractor of gradient dynamics (the ``twin`` preset, docs/pde.md).
+    """
 
     a: float = 20.0
+    shift: float = 0.0  # c
 
     def __call__(self, s: Tensor) -> Tensor:
-        return torch.sin(self.a * s) ** 2
+        return self.shift + torch.sin(self.a * s) ** 2
 
     def derivatives(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Closed-form ``(h, h', h'')``: ``h' = a sin(2as)``, ``h'' = 2a² cos(2as)``."""
         a = self.a
-        return torch.sin(a * s) ** 2, a * torch.sin(2 * a * s), 2 * a * a * torch.cos(2 * a * s)
+        return (
+            self.shift + torch.sin(a * s) ** 2,
+            a * torch.sin(2 * a * s),
+            2 * a * a * torch.cos(2 * a * s),
+        )
 
 
 def profile_derivatives(profile: Callable[[Tensor], Tensor], s: Tensor) -> tuple[Tensor, ...]:
