@@ -55,6 +55,30 @@ def test_a_rotation_keeps_the_norm_of_the_momentum(seed, nu):
     assert _norm(momenta) == pytest.approx(before, rel=1e-12)
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), nu=st.floats(1e-6, 10.0))
+def test_a_rotation_is_the_literal_formula_on_both_paths(seed, nu):
+    """Π ← |Π|·u/|u|, u = Π/|Π| + νξ, written out; the host path (floats) and the tensor path
+    (tensor ν, a mask as the sync-free step passes it) agree with it; a False mask is a no-op.
+    """
+    momenta = _tensors(seed)
+    xi = draw_direction(momenta, torch.Generator().manual_seed(seed + 7))
+    norm = _norm(momenta)
+    u = [m / norm + nu * x for m, x in zip(momenta, xi, strict=True)]
+    u_norm = _norm(u)
+    expected = [norm * t / u_norm for t in u]
+    host = [m.clone() for m in momenta]
+    rotate_(host, [x.clone() for x in xi], nu)
+    device = [m.clone() for m in momenta]
+    rotate_(device, [x.clone() for x in xi], torch.tensor(nu, dtype=F64), torch.tensor(True))
+    for got in (host, device):
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12 * norm)
+    kept = [m.clone() for m in momenta]
+    rotate_(kept, [x.clone() for x in xi], torch.tensor(nu, dtype=F64), torch.tensor(False))
+    assert all(torch.equal(k, m) for k, m in zip(kept, momenta, strict=True))
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     name=st.sampled_from(sorted(HAMILTONIANS)),

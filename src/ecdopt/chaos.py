@@ -107,24 +107,30 @@ def draw_direction(
     like: Sequence[Tensor],
     generator: torch.Generator | dict[torch.device, torch.Generator],
     kind: BounceDirection = "gaussian",
+    *,
+    out: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """Draw ξ, one tensor per entry of ``like`` (same shape, dtype and device).
 
     ``"gaussian"``: ξ ~ N(0, I), isotropic after normalisation (the default). ``"uniform"``:
     ξ ~ U(−½, ½) per component, the authors' cube (not isotropic; kept to reproduce their
     figures). Tensors are drawn in order, so a generator seeded the same way gives the same ξ.
+    ``out``: tensors shaped like ``like`` to draw into (the same numbers as fresh ones; saves
+    allocating a model-sized ξ at every ECDSep step on the CPU).
     """
-    out = []
-    for t in like:
+    if kind not in BOUNCE_DIRECTIONS:
+        raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
+    if out is None:
+        out = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+    elif len(out) != len(like):
+        raise ValueError(f"out has {len(out)} tensors, like has {len(like)}")
+    for t, xi in zip(like, out, strict=True):
         gen = generator[t.device] if isinstance(generator, dict) else generator
         if kind == "gaussian":
-            out.append(torch.randn(t.shape, generator=gen, dtype=t.dtype, device=t.device))
-        elif kind == "uniform":
-            xi = torch.rand(t.shape, generator=gen, dtype=t.dtype, device=t.device)
-            out.append(xi.sub_(0.5))
+            xi.normal_(generator=gen)
         else:
-            raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
-    return out
+            xi.uniform_(generator=gen).sub_(0.5)
+    return list(out)
 
 
 def _global_norm(tensors: Sequence[Tensor]) -> Tensor:
@@ -157,10 +163,40 @@ def rotate_(
 ) -> None:
     """ECDSep rotation, in place: Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ (ν = ``chaos``).
 
-    Keeps |Π|; leaves Π = 0 unchanged. ``mask`` as in :func:`bounce_`.
+    Keeps |Π|; leaves Π = 0 unchanged. ``mask`` as in :func:`bounce_`. Computed as
+    Π ← |Π|·w/|w| with w = Π + ν|Π|·ξ (= |Π|·u): three in-place passes over the model (add ξ,
+    |w|², rescale) and no temporaries; ``xi`` is used as scratch (it is scaled in place when
+    ``chaos`` or ``mask`` is a tensor).
     """
-    norm = _global_norm(momenta)
-    inv_norm = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))
-    u = [m * inv_norm.to(m.device, m.dtype) + x * chaos for m, x in zip(momenta, xi, strict=True)]
-    scale = norm / _global_norm(u)
-    _assign_(momenta, [ui * scale.to(ui.device, ui.dtype) for ui in u], mask)
+    from ._kernels import host_sum_of_squares, is_plain_cpu, sum_of_squares
+
+    if not momenta:
+        return
+    device = momenta[0].device
+    host = (
+        mask is None
+        and not isinstance(chaos, Tensor)
+        and all(is_plain_cpu(t) for t in momenta)
+        and all(is_plain_cpu(t) for t in xi)
+    )
+    if host:  # plain CPU tensors: scalars as Python floats, exact host sums, no tensor math
+        norm_sq = host_sum_of_squares(momenta, device, plain=True)
+        if not norm_sq > 0:
+            return
+        torch._foreach_add_(list(momenta), list(xi), alpha=float(chaos) * norm_sq**0.5)
+        new_sq = host_sum_of_squares(momenta, device, plain=True)
+        if new_sq > 0:
+            torch._foreach_mul_(list(momenta), (norm_sq / new_sq) ** 0.5)
+        return
+    norm = sum_of_squares(momenta, device).sqrt()
+    step = chaos * norm
+    if mask is not None:
+        step = torch.where(mask.to(device), step, torch.zeros_like(step))
+    for x in xi:
+        x.mul_(step.to(x.device, x.dtype))
+    for m, x in zip(momenta, xi, strict=True):
+        m.add_(x)
+    new_norm = sum_of_squares(momenta, device).sqrt()
+    scale = torch.where(new_norm > 0, norm / new_norm, torch.ones_like(norm))
+    for m in momenta:
+        m.mul_(scale.to(m.device, m.dtype))

@@ -524,8 +524,23 @@ class ECD(torch.optim.Optimizer):
         self._plain_cpu = plain
         return out
 
-    def _draw(self, like: list[Tensor], step: int, stream: int, kind: str) -> list[Tensor]:
-        """ξ for ``stream`` at ``step``, keyed so other draws never shift it."""
+    def _scratch_like(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Buffers shaped like ``tensors``, kept between steps (not state: never saved)."""
+        signature = [(t.shape, t.dtype, t.device) for t in tensors]
+        if self.__dict__.get("_scratch_signature") != signature:
+            self._scratch = [torch.empty_like(t) for t in tensors]
+            self._scratch_signature = signature
+        return self._scratch
+
+    def _draw(
+        self,
+        like: list[Tensor],
+        step: int,
+        stream: int,
+        kind: str,
+        out: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        """ξ for ``stream`` at ``step``, keyed so other draws never shift it (into ``out``)."""
         key = chaos.keyed_seed(self.seed, step, stream)
         gens = {}
         for t in like:
@@ -534,7 +549,7 @@ class ECD(torch.optim.Optimizer):
                 if gen is None:
                     gen = self._generators[t.device] = torch.Generator(device=t.device)
                 gens[t.device] = gen.manual_seed(key)
-        xi = chaos.draw_direction(like, gens, kind)
+        xi = chaos.draw_direction(like, gens, kind, out=out)  # type: ignore[arg-type]
         if any(type(t) not in (Tensor, torch.nn.Parameter) for t in like):
             from .distributed import is_dtensor, shard_like  # FSDP2: every rank draws the full
 
@@ -821,7 +836,9 @@ class ECD(torch.optim.Optimizer):
             for group, ps, _, ms in particle:
                 ecd_drift_(ps, ms, drift=group["lr"] * drift, foreach=group["foreach"] is not False)
         if cfg.chaos > 0:
-            xi = self._draw(momenta, call, chaos.STREAM_ROTATION, "gaussian")
+            # on the CPU a fresh model-sized ξ every step costs page faults: reuse one buffer
+            scratch = self._scratch_like(momenta) if host and self._plain_cpu else None
+            xi = self._draw(momenta, call, chaos.STREAM_ROTATION, "gaussian", out=scratch)
             chaos.rotate_(momenta, xi, cfg.chaos, mask=None if host else moving)
 
         # ---- bookkeeping
