@@ -34,6 +34,7 @@ from ecdopt.experiments.pde import (
     shoot,
     smoke_preset,
     train_run,
+    train_runs,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,6 +293,27 @@ def test_bounces_split_runs_that_share_an_initialisation():
     assert final(1, 12) == final(1, 12)
     with pytest.raises(ValueError, match="trace_every must be a positive"):
         train_run(preset, "bbi", sols, trace_every=0)
+
+
+def test_parallel_runs_equal_sequential_ones():
+    """``jobs=2`` trains in spawned single-threaded workers; each run is the same as in-process."""
+    preset = smoke_preset(PRESETS["twin"])
+    sols = find_radial_solutions(preset.problem, n_grid=401)
+    kwargs = {"runs": 3, "seed": 4, "solutions": sols, "overrides": {"bounce_period": 5}}
+    parallel = train_runs(preset, "bbi", jobs=2, **kwargs)
+    sequential = train_runs(preset, "bbi", jobs=1, **kwargs)  # the autouse fixture: 1 thread
+    strip = ("wall_seconds", "ms_per_iteration")
+    for a, b in zip(parallel["runs"], sequential["runs"], strict=True):
+        assert {k: v for k, v in a.items() if k not in strip} == {
+            k: v for k, v in b.items() if k not in strip
+        }
+    assert [r["seed"] for r in parallel["runs"]] == [4, 5, 6]
+    assert parallel["counts"] == sequential["counts"]
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        train_runs(preset, "bbi", jobs=0, **kwargs)
+    lam = replace(preset, profile=lambda s: torch.sin(2 * s) ** 2)
+    with pytest.raises(ValueError, match="picklable profile"):
+        train_runs(lam, "bbi", jobs=2, **kwargs)
 
 
 def test_classify_picks_the_nearest():

@@ -488,6 +488,7 @@ def train_runs(
     init_seed: int | None = None,
     solutions: Sequence[RadialSolution] | None = None,
     tolerance: float = 0.05,
+    jobs: int = 1,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """``runs`` runs; returns the JSON document ``{"runs": [...], "counts": {...}, ...}``.
@@ -497,24 +498,32 @@ def train_runs(
 
     ``counts[str(k)]`` is the number of runs nearest to solution k; ``converged_counts`` only
     counts runs within ``tolerance`` relative L2 error of it.
+
+    ``jobs`` > 1 trains that many runs at a time in worker processes (spawned), each with one
+    torch thread; a run's result does not depend on ``jobs`` (it equals a ``jobs=1`` run under
+    ``torch.set_num_threads(1)``). The preset's profile must then be picklable (a module-level
+    class, not a lambda).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     if solutions is None:
         solutions = reference_solutions(preset)
-    results = []
     progress = kwargs.pop("progress", False)
-    for i in range(runs):
-        results.append(
-            train_run(
-                preset,
-                optimizer,
-                solutions,
-                seed=seed + i,
-                init_seed=seed + i if vary_init else (seed if init_seed is None else init_seed),
-                progress=progress,
-                desc=f"{preset.name}/{optimizer} run {i + 1}/{runs}",
-                **kwargs,
-            )
-        )
+    calls = [
+        {
+            "seed": seed + i,
+            "init_seed": seed + i if vary_init else (seed if init_seed is None else init_seed),
+            "desc": f"{preset.name}/{optimizer} run {i + 1}/{runs}",
+            **kwargs,
+        }
+        for i in range(runs)
+    ]
+    if jobs == 1 or runs == 1:
+        results = [
+            train_run(preset, optimizer, solutions, progress=progress, **call) for call in calls
+        ]
+    else:
+        results = _train_in_workers(preset, optimizer, solutions, calls, jobs, progress)
     counts = {str(k): 0 for k in range(len(solutions))}
     converged = dict(counts)
     for r in results:
@@ -540,6 +549,57 @@ def train_runs(
         "_results": results,  # not JSON: dropped by the CLI, used for plots
         "_solutions": list(solutions),
     }
+
+
+def _train_job(
+    preset: PDEPreset, optimizer: str, solutions: Sequence[RadialSolution], call: dict[str, Any]
+) -> RunResult:
+    """One run in a worker process, single-threaded (so runs do not fight over cores)."""
+    torch.set_num_threads(1)
+    return train_run(preset, optimizer, solutions, **call)
+
+
+def _train_in_workers(
+    preset: PDEPreset,
+    optimizer: str,
+    solutions: Sequence[RadialSolution],
+    calls: list[dict[str, Any]],
+    jobs: int,
+    progress: bool,
+) -> list[RunResult]:
+    """:func:`train_run` for each of ``calls`` in ``jobs`` spawned processes, results in order."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # the presets' mappings are read-only proxies, which do not pickle: send plain dicts
+    portable = replace(preset, optimizers={k: dict(v) for k, v in preset.optimizers.items()})
+    try:
+        pickle.dumps(portable.profile)
+    except Exception as exc:  # any pickling failure means the same thing
+        raise ValueError(
+            f"jobs > 1 needs a picklable profile (a module-level class); "
+            f"{type(preset.profile).__name__} is not: {exc}"
+        ) from exc
+    results: list[RunResult | None] = [None] * len(calls)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(calls), desc=f"{preset.name}/{optimizer} ({jobs} jobs)", unit="run")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=context) as pool:
+        futures = {
+            pool.submit(_train_job, portable, optimizer, list(solutions), call): i
+            for i, call in enumerate(calls)
+        }
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return [r for r in results if r is not None]
 
 
 # --------------------------------------------------------------------------------------------

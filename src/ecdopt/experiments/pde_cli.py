@@ -44,6 +44,12 @@ def add_parser(subparsers: Any) -> None:
     tr.add_argument("--preset", default="small", help="small, twin or paper (default: small)")
     tr.add_argument("--optimizer", default="bbi", help="bbi, ecdsep, sgdm or adam")
     tr.add_argument("--runs", type=int, default=1, help="number of runs (default: 1)")
+    tr.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at a time, in worker processes of one thread each (default: 1)",
+    )
     tr.add_argument("--seed", type=int, default=0, help="init seed; run i uses seed + i")
     tr.add_argument(
         "--init-seed",
@@ -193,6 +199,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise _error(f"unknown laplacian {args.laplacian!r}; choose from {', '.join(LAPLACIANS)}")
     if args.runs < 1:
         raise _error("--runs must be at least 1")
+    if args.jobs < 1:
+        raise _error("--jobs must be at least 1")
     if args.iterations is not None and args.iterations < 0:
         raise _error("--iterations must be non-negative")
     if args.resample_every is not None and args.resample_every < 0:
@@ -225,6 +233,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.optimizer,
         overrides=overrides,
         runs=args.runs,
+        jobs=args.jobs,
         seed=args.seed,
         vary_init=args.vary_init,
         init_seed=args.init_seed,
