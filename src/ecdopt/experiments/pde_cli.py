@@ -2,8 +2,9 @@
 
 ecdopt pde solutions [--preset paper|small|twin] [--shift C] [--json FILE] [--out DIR] [--smoke]
 ecdopt pde train --preset small|twin|paper --optimizer bbi|ecdsep|sgdm|adam --runs N --seed S
-                 [--resample-every K] [--iterations N] [--lr X] [--shift C] [--smoke]
-                 --json FILE --out DIR
+                 [--jobs J] [--resample-every K] [--iterations N] [--lr X] [--shift C]
+                 [--trace-every K] [--smoke] --json FILE --out DIR
+(every option: ``ecdopt pde train --help`` and docs/pde.md)
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def _add_shift(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        metavar="C",
+        help="replace the profile's shift c: u = c + sin²(a r²) (default: the preset's)",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,13 +42,7 @@ def add_parser(subparsers: Any) -> None:
     sol.add_argument("--json", type=Path, default=None, help="write the solutions as JSON")
     sol.add_argument("--out", type=Path, default=None, help="directory for the Fig. 7 plot")
     sol.add_argument("--smoke", action="store_true", help="coarse scan (tests)")
-    sol.add_argument(
-        "--shift",
-        type=float,
-        default=None,
-        metavar="C",
-        help="replace the profile's shift c: u = c + sin²(a r²) (default: the preset's)",
-    )
+    _add_shift(sol)
     sol.set_defaults(func=run_solutions)
 
     tr = sub.add_parser("train", help="train the eq. 56 ansatz on the eq. 19 loss")
@@ -98,13 +103,7 @@ def add_parser(subparsers: Any) -> None:
         help="relative L2 error below which a run counts as converged",
     )
     tr.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
-    tr.add_argument(
-        "--shift",
-        type=float,
-        default=None,
-        metavar="C",
-        help="replace the profile's shift c: u = c + sin²(a r²) (default: the preset's)",
-    )
+    _add_shift(tr)
     tr.add_argument("--json", type=Path, required=True, help="output JSON file")
     tr.add_argument("--out", type=Path, required=True, help="directory for the plots")
     tr.set_defaults(func=run_train)
@@ -125,7 +124,10 @@ def _preset(args: argparse.Namespace):
     if args.shift is not None:
         if not math.isfinite(args.shift):
             raise _error("--shift must be a finite number")
-        preset = shifted_preset(preset, args.shift)
+        try:
+            preset = shifted_preset(preset, args.shift)
+        except ValueError as exc:
+            raise _error(f"--shift: {exc}") from exc
     return smoke_preset(preset) if args.smoke else preset
 
 
