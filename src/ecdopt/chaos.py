@@ -160,13 +160,16 @@ def rotate_(
     xi: Sequence[Tensor],
     chaos: float | Tensor,
     mask: Tensor | None = None,
+    *,
+    momentum_sq: float | None = None,
 ) -> None:
     """ECDSep rotation, in place: Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ (ν = ``chaos``).
 
     Keeps |Π|; leaves Π = 0 unchanged. ``mask`` as in :func:`bounce_`. Computed as
     Π ← |Π|·w/|w| with w = Π + ν|Π|·ξ (= |Π|·u): three in-place passes over the model (add ξ,
     |w|², rescale) and no temporaries; ``xi`` is used as scratch (it is scaled in place when
-    ``chaos`` or ``mask`` is a tensor).
+    ``chaos`` or ``mask`` is a tensor). ``momentum_sq``: Π² when the caller already summed it
+    exactly on the host (plain CPU tensors), to save that pass.
     """
     from ._kernels import host_sum_of_squares, is_plain_cpu, sum_of_squares
 
@@ -180,7 +183,9 @@ def rotate_(
         and all(is_plain_cpu(t) for t in xi)
     )
     if host:  # plain CPU tensors: scalars as Python floats, exact host sums, no tensor math
-        norm_sq = host_sum_of_squares(momenta, device, plain=True)
+        norm_sq = (
+            host_sum_of_squares(momenta, device, plain=True) if momentum_sq is None else momentum_sq
+        )
         if not norm_sq > 0:
             return
         torch._foreach_add_(list(momenta), list(xi), alpha=float(chaos) * norm_sq**0.5)

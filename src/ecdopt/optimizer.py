@@ -837,9 +837,12 @@ class ECD(torch.optim.Optimizer):
                 ecd_drift_(ps, ms, drift=group["lr"] * drift, foreach=group["foreach"] is not False)
         if cfg.chaos > 0:
             # on the CPU a fresh model-sized ξ every step costs page faults: reuse one buffer
-            scratch = self._scratch_like(momenta) if host and self._plain_cpu else None
+            plain_host = host and self._plain_cpu
+            scratch = self._scratch_like(momenta) if plain_host else None
             xi = self._draw(momenta, call, chaos.STREAM_ROTATION, "gaussian", out=scratch)
-            chaos.rotate_(momenta, xi, cfg.chaos, mask=None if host else moving)
+            # the unfused host path summed Π² exactly after the kick (the drift leaves Π alone)
+            known = momentum_sq if plain_host and not self.fused else None
+            chaos.rotate_(momenta, xi, cfg.chaos, mask=None if host else moving, momentum_sq=known)
 
         # ---- bookkeeping
         c0_next, c1_next = chaos.counters_after_update(c0, c1, new_minimum)
