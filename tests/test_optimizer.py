@@ -305,9 +305,30 @@ def test_missing_loss_error_shows_both_ways():
     p = torch.nn.Parameter(torch.ones(2))
     opt = BBI([p], lr=1e-2)
     (p**2).sum().backward()
-    with pytest.raises(TypeError, match=r"step\(closure\).*step\(loss=loss\)") as info:
+    with pytest.raises(TypeError, match=r"step\(lambda: loss\).*step\(loss=loss\)") as info:
         opt.step()
     assert isinstance(info.value, MissingLossError)
+
+
+def test_closure_returning_none_takes_the_loss_keyword():
+    """Lightning's manual optimization passes its own closure (returning None) beside loss=."""
+    ends = []
+    for mode in ("lambda", "none-closure-and-loss"):
+        p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+        opt = BBI([p], lr=1e-2, seed=0)
+        for _ in range(20):
+            opt.zero_grad()
+            loss = (p**2).sum() + 1.0
+            loss.backward()
+            if mode == "lambda":
+                opt.step(lambda loss=loss: loss)
+            else:
+                opt.step(closure=lambda: None, loss=loss)
+        ends.append(p.detach().clone())
+    assert torch.equal(ends[0], ends[1])
+    assert not torch.equal(ends[0], torch.tensor([1.0, -2.0], dtype=torch.float64))
+    with pytest.raises(TypeError, match="pass one of them"):
+        opt.step(closure=lambda: torch.tensor(1.0), loss=torch.tensor(1.0))
 
 
 def test_loss_keyword_equals_closure():

@@ -62,10 +62,12 @@ class NonFiniteLossWarning(RuntimeWarning):
 
 
 _MISSING_LOSS_MESSAGE = (
-    "ECD optimizers need the loss value to define the potential V = F - F0. Pass it either as a "
-    "closure, `optimizer.step(closure)` where closure() zeroes the grads, computes the loss, "
-    "calls loss.backward() and returns the loss, or as a tensor whose backward() already ran, "
-    "`loss.backward(); optimizer.step(loss=loss)`."
+    "ECD optimizers need the loss value to define the potential V = F - F0. After "
+    "loss.backward(), pass it as `optimizer.step(lambda: loss)` (works in every framework: "
+    "Lightning, accelerate, plain loops), or `optimizer.step(loss=loss)`, or give step() a "
+    "closure that zeroes the grads, computes the loss, calls backward() and returns it. Loops "
+    "that call step() with no argument (Hugging Face Trainer): see ecdopt.integrations."
+    "LossRecorder."
 )
 
 
@@ -618,11 +620,14 @@ class ECD(torch.optim.Optimizer):
         self, closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None
     ) -> Tensor | float | None:
         """One ECD step (see the module docstring). Returns the loss."""
-        if closure is not None and loss is not None:
-            raise TypeError("pass either a closure or loss=..., not both")
         if closure is not None:
             with torch.enable_grad():
-                loss = closure()
+                returned = closure()
+            if returned is not None and loss is not None:
+                raise TypeError(
+                    "the closure returned a loss and loss=... was passed too: pass one of them"
+                )
+            loss = returned if returned is not None else loss
         if loss is None:
             raise MissingLossError(_MISSING_LOSS_MESSAGE)
         particle = self._particle()
