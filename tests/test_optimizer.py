@@ -271,7 +271,7 @@ ERROR_INPUTS = [
     ({"kinetic_offset": 0.0}, "kinetic_offset must be a finite number > 0"),
     ({"bounce_direction": "sphere"}, "bounce_direction must be one of 'gaussian', 'uniform'"),
     ({"loss_floor": float("nan")}, "loss_floor must be a finite number"),
-    ({"seed": -3}, "seed must be an int >= 0 or None"),
+    ({"seed": -3}, r"seed must be an int with 0 <= seed < 2\*\*63, or None"),
 ]
 
 

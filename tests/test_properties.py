@@ -18,7 +18,7 @@ from ecdopt.chaos import (
     draw_direction,
     rotate_,
 )
-from ecdopt.hamiltonians import restoration_factor
+from ecdopt.hamiltonians import projected_rescale, restoration_factor
 
 F64 = torch.float64
 positive = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False)
@@ -102,8 +102,11 @@ def test_restoration_puts_the_momentum_on_the_energy_shell(name, potential, extr
         assert alpha == 1.0
 
 
+ENERGY_HAMILTONIANS = sorted(set(HAMILTONIANS) - {"unit_speed"})  # H(V, Π²) = E
+
+
 @settings(max_examples=40, deadline=None)
-@given(name=st.sampled_from(sorted(HAMILTONIANS)), potential=positive, extra=st.floats(0.01, 10.0))
+@given(name=st.sampled_from(ENERGY_HAMILTONIANS), potential=positive, extra=st.floats(0.01, 10.0))
 def test_kick_and_drift_are_the_hamiltonian_derivatives(name, potential, extra):
     """K = ∂H/∂V and D·Π = ∂H/∂Π on the shell H = E (Hamilton's equations)."""
     ham = get_hamiltonian(name, kinetic_offset=0.7)
@@ -121,6 +124,22 @@ def test_kick_and_drift_are_the_hamiltonian_derivatives(name, potential, extra):
     torch.testing.assert_close(
         dh_dpi, ham.drift_factor(energy, v.detach(), pi_sq) * momentum.detach(), rtol=1e-9, atol=0
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), kick=st.floats(1e-4, 10.0), scale=st.floats(0.5, 2.0))
+def test_unit_speed_kick_is_orthogonal_to_the_velocity(seed, kick, scale):
+    """Unit speed: with p = α·Π restored (|p| = 1), the projected kick p − c·(G − p(p·G)),
+    written as rescale·Π − c·G, changes p only orthogonally to it: p'·p = |p|² = 1."""
+    gen = torch.Generator().manual_seed(seed)
+    momentum = torch.randn(7, generator=gen, dtype=F64) * scale
+    force = torch.randn(7, generator=gen, dtype=F64)
+    alpha = 1.0 / float(momentum.norm())
+    rescale = projected_rescale(alpha, kick, float(momentum @ force))
+    kicked = rescale * momentum - kick * force
+    assert float(kicked @ (alpha * momentum)) == pytest.approx(1.0, rel=1e-9)
+    literal = alpha * momentum - kick * (force - alpha * momentum * float(alpha * momentum @ force))
+    torch.testing.assert_close(kicked, literal, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,12 +1,18 @@
-"""The per-parameter work of one ECD step, given the global scalars.
+"""The per-parameter work of one ECD step, given the global scalars, and the global sums.
 
-Two implementations with identical keyword-only signatures, like ``torch.optim.SGD``:
-``_single_tensor_*`` loops over tensors, ``_multi_tensor_*`` uses ``torch._foreach_*`` ops.
-Scalars (α, kick and drift coefficients) are Python floats on the host path and 0-dim tensors
-on the parameters' device on the sync-free path; nothing here ever reads a device value.
+Two implementations of each update with identical keyword-only signatures, like
+``torch.optim.SGD``: ``_single_tensor_*`` loops over tensors, ``_multi_tensor_*`` uses
+``torch._foreach_*`` ops. Coefficients are Python floats on the host path and 0-dim tensors on
+the sync-free path; nothing here reads a device value.
 
 - kick:  Π ← α·Π − k·(∇F + λ·Θ)     with k = Δt·K·dV/dF_eff (per group), λ the weight decay
 - drift: Θ ← Θ + d·Π                with d = Δt·D (per group)
+
+Global sums (Π², |∇F|², |Θ|², Π·G) are float64. On the CPU each large tensor's sum of squares is
+a BLAS dot product in the tensor's own precision (twice as fast as a float64 accumulation there)
+and is recomputed in float64 when that overflows, so a finite tensor always has a finite sum;
+the per-tensor sums are added exactly (``math.fsum``). The tensor-valued sums (the sync-free
+path, 16-bit and sharded parameters) accumulate in float64 throughout.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "dot_sum",
     "ecd_drift_",
     "ecd_kick_",
     "fused_drift_",
     "fused_kick_drift_",
+    "host_dot_sum",
     "host_sum_of_squares",
     "is_plain_cpu",
     "sum_of_squares",
@@ -29,13 +37,15 @@ __all__ = [
 
 Coefficient = Tensor | float
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+_WIDE = (torch.float32, torch.float64)
+_DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs its speed
+
 
 def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[Tensor]]]]:
     """Split parallel lists by the device of the first list (one group in the usual case)."""
     first = lists[0]
     device = first[0].device
-    if device.type == "cpu" and _all_cpu(first):  # the common case, cheap to establish
-        return [(device, list(lists))]
     if all(t.device == device for t in first):
         return [(device, [list(ts) for ts in lists])]
     groups: dict[torch.device, list[list[Tensor]]] = {}
@@ -46,56 +56,98 @@ def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[T
     return list(groups.items())
 
 
-_PLAIN = (Tensor, torch.nn.Parameter)
-_WIDE = (torch.float32, torch.float64)
-_DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs its speed
+def is_plain_cpu(tensor: Tensor) -> bool:
+    """A float32/float64 CPU tensor (not a subclass such as a DTensor)."""
+    return type(tensor) in _PLAIN and tensor.is_cpu and tensor.dtype in _WIDE
 
 
 def _is_dtensor(t: Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2 parameter), without importing torch.distributed
     for plain tensors."""
-    cls = type(t)
-    if cls is Tensor or cls is torch.nn.Parameter:
+    if type(t) in _PLAIN:
         return False
     from .distributed import is_dtensor
 
     return is_dtensor(t)
 
 
-def _all_cpu(tensors: Sequence[Tensor]) -> bool:
-    return all(t.is_cpu for t in tensors)
+# --------------------------------------------------------------------------- global sums
+def _squares_float64(tensor: Tensor) -> Tensor:
+    """Σx² of one tensor accumulated in float64 (the slow, overflow-free way on the CPU)."""
+    return torch._foreach_powsum([tensor], 2, dtype=torch.float64)[0]
 
 
-def is_plain_cpu(tensor: Tensor) -> bool:
-    """A float32/float64 CPU tensor (not a subclass such as a DTensor)."""
-    return type(tensor) in _PLAIN and tensor.is_cpu and tensor.dtype in _WIDE
+def _cpu_partial_squares(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Σx² of each float32/float64 CPU tensor in its own precision (0-dim tensors, in order):
+    a BLAS dot for each large contiguous tensor, one ``_foreach_powsum`` call for the rest."""
+    large = [t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous() for t in tensors]
+    small = [t for t, big in zip(tensors, large, strict=True) if not big]
+    small_parts = iter(torch._foreach_powsum(small, 2) if small else [])
+    return [
+        torch.dot(t.view(-1), t.view(-1)) if big else next(small_parts)
+        for t, big in zip(tensors, large, strict=True)
+    ]
 
 
 def host_sum_of_squares(
     tensors: Sequence[Tensor], device: torch.device, *, plain: bool | None = None
 ) -> float:
-    """:func:`sum_of_squares` as a Python float (the CPU host path: reading a CPU value is free;
-    ``math.fsum`` adds the per-tensor sums exactly). ``plain``: the caller already knows whether
-    every tensor satisfies :func:`is_plain_cpu` (None: check)."""
+    """:func:`sum_of_squares` as a Python float (the CPU host path: reading a CPU value is free).
+
+    ``plain``: the caller already knows whether every tensor satisfies :func:`is_plain_cpu`
+    (None: check). A tensor whose own-precision sum overflows is summed again in float64.
+    """
     if plain is None:
         plain = all(is_plain_cpu(t) for t in tensors)
     if not plain:
         return sum_of_squares(tensors, device).item()
-    return math.fsum(x.item() for x in _cpu_partial_squares(tensors))
+    parts = [p.item() for p in _cpu_partial_squares(tensors)]
+    for i, part in enumerate(parts):
+        if not math.isfinite(part):
+            parts[i] = _squares_float64(tensors[i]).item()
+    return math.fsum(parts)
 
 
-def _cpu_partial_squares(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Σx² of each float32/float64 CPU tensor (0-dim tensors, one per tensor or group): a BLAS
-    dot product for each large contiguous tensor (about twice as fast as ``_foreach_powsum``
-    there), one ``_foreach_powsum`` call for the rest."""
-    large = [t for t in tensors if t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous()]
-    parts = [torch.dot(t.view(-1), t.view(-1)) for t in large]
-    if len(large) < len(tensors):
-        small = [t for t in tensors if not (t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous())]
-        parts += torch._foreach_powsum(small, 2)
-    return parts
+def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Σ over all tensors of Σx², a float64 0-dim tensor on ``device`` (no host read).
+
+    FSDP2 shards (DTensors) are summed over the mesh (:func:`ecdopt.distributed.sum_of_squares`).
+    """
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    if any(_is_dtensor(t) for t in tensors):
+        from .distributed import sum_of_squares as global_sum_of_squares
+
+        return global_sum_of_squares(tensors, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for dev, (ts,) in _by_device(tensors):
+        partial = torch.stack(torch._foreach_powsum(ts, 2, dtype=torch.float64)).sum()
+        total = total + (partial if dev == device else partial.to(device))
+    return total
 
 
+def host_dot_sum(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    """Σ over tensor pairs of a·b, as a float: a dot product per pair in the tensors' own
+    precision (float64 where that overflows), added exactly."""
+    parts = []
+    for x, y in zip(a, b, strict=True):
+        part = torch.dot(x.reshape(-1), y.reshape(-1).to(x.dtype)).item()
+        if not math.isfinite(part):
+            part = torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).item()
+        parts.append(part)
+    return math.fsum(parts)
+
+
+def dot_sum(a: Sequence[Tensor], b: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Σ over tensor pairs of a·b, a float64 0-dim tensor on ``device`` (no host read)."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for x, y in zip(a, b, strict=True):
+        product = (x * y.to(x.dtype)).sum(dtype=torch.float64)
+        total = total + product.to(device)
+    return total
+
+
+# --------------------------------------------------------------------------- kick and drift
 def _single_tensor_kick_(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -185,43 +237,6 @@ def ecd_drift_(
     fn(params, momenta, drift=drift)
 
 
-def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    """Σ over all tensors of Σ x², as a float64 0-dim tensor on ``device`` (no host sync).
-
-    16-bit tensors are summed in float32, so their squares cannot overflow.
-    """
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64, device=device)
-    first = tensors[0]
-    if (
-        device.type == "cpu"
-        and first.dtype in (torch.float32, torch.float64)
-        and all(
-            t.device == device and t.dtype == first.dtype and type(t) in _PLAIN for t in tensors
-        )
-    ):  # the common CPU case, kept short: a dot product per large tensor, one call for the rest
-        return torch.stack(_cpu_partial_squares(tensors)).sum(dtype=torch.float64)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    if any(_is_dtensor(t) for t in tensors):  # FSDP2 shards: a global sum over the mesh
-        from .distributed import sum_of_squares as global_sum_of_squares
-
-        return global_sum_of_squares(tensors, device)
-    for dev, (ts,) in _by_device(tensors):
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for t in ts:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for dtype, group in by_dtype.items():
-            if dtype in (torch.float16, torch.bfloat16):
-                squares = torch._foreach_powsum(group, 2, dtype=torch.float32)
-            elif dev.type == "cpu":
-                squares = _cpu_partial_squares(group)
-            else:
-                squares = torch._foreach_powsum(group, 2)
-            partial = torch.stack(squares).sum(dtype=torch.float64)
-            total = total + (partial if dev == device else partial.to(device))
-    return total
-
-
 # --------------------------------------------------------------------------- fused (compiled)
 def _fused_kick_drift_impl(
     params: list[Tensor],
@@ -235,7 +250,7 @@ def _fused_kick_drift_impl(
     """Kick (and drift, when D does not depend on Π²) of every tensor in one pass, returning Π².
 
     Written for ``torch.compile``: each tensor becomes one fused loop that reads Π, ∇F and Θ once,
-    writes Π and Θ once, and accumulates Π² on the way — the memory traffic of SGD's step.
+    writes Π and Θ once, and accumulates Π² (in float64) on the way — SGD's memory traffic.
     """
     total = torch.zeros((), dtype=torch.float64, device=rescale.device)
     for p, g, m in zip(params, grads, momenta, strict=True):

@@ -17,6 +17,8 @@ from typing import Literal, TypeVar
 import torch
 from torch import Tensor
 
+from ._scalar import where
+
 __all__ = [
     "BOUNCE_DIRECTIONS",
     "STREAM_BOUNCE",
@@ -27,6 +29,8 @@ __all__ = [
     "counters_after_bounce",
     "counters_after_update",
     "draw_direction",
+    "keyed_draw",
+    "keyed_rows",
     "keyed_seed",
     "rotate_",
 ]
@@ -53,13 +57,6 @@ def keyed_seed(seed: int, step: int, stream: int) -> int:
     for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
         z = ((z ^ (z >> shift)) * mult) & _MASK64
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
-
-
-def _select(condition: bool | Tensor, if_true: T, if_false: T) -> T:
-    """``if_true if condition else if_false``, elementwise for tensors."""
-    if isinstance(condition, Tensor):
-        return torch.where(condition, if_true, if_false)
-    return if_true if condition else if_false
 
 
 def bounce_due(
@@ -94,13 +91,13 @@ def counters_after_bounce(c0: T, c1: T, n_done: T, fixed: T, *, n_bounces: int) 
     T0 and never meets it again); every bounce resets c1. Returns ``(c0, c1, n_done)``.
     """
     n_done = n_done + fixed
-    c0 = _select(fixed, _select(n_done < n_bounces, c0 * 0, c0 + 1), c0)
+    c0 = where(fixed, where(n_done < n_bounces, c0 * 0, c0 + 1), c0)
     return c0, c1 * 0, n_done
 
 
 def counters_after_update(c0: T, c1: T, new_minimum: T) -> tuple[T, T]:
     """Counters after a normal update: c0 += 1, c1 += 1, and c1 = 0 on a new minimum of V."""
-    return c0 + 1, _select(new_minimum, c1 * 0, c1 + 1)
+    return c0 + 1, where(new_minimum, c1 * 0, c1 + 1)
 
 
 def draw_direction(
@@ -131,6 +128,59 @@ def draw_direction(
         else:
             xi.uniform_(generator=gen).sub_(0.5)
     return list(out)
+
+
+def keyed_draw(
+    like: Sequence[Tensor],
+    *,
+    seed: int,
+    step: int,
+    stream: int,
+    kind: BounceDirection,
+    generators: dict[torch.device, torch.Generator],
+    out: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """ξ for ``stream`` at ``step`` of the particle seeded ``seed`` (see :func:`keyed_seed`).
+
+    One generator per device (kept in ``generators``, reseeded here), tensors drawn in order.
+    FSDP2 shards (DTensors): every rank draws the full ξ from the same key and keeps its own
+    shard, so a sharded run bounces exactly as the unsharded one.
+    """
+    key = keyed_seed(seed, step, stream)
+    used: dict[torch.device, torch.Generator] = {}
+    for t in like:
+        if t.device not in used:
+            gen = generators.get(t.device)
+            if gen is None:
+                gen = generators[t.device] = torch.Generator(device=t.device)
+            used[t.device] = gen.manual_seed(key)
+    xi = draw_direction(like, used, kind, out=out)
+    if any(type(t) not in (Tensor, torch.nn.Parameter) for t in like):
+        from .distributed import is_dtensor, shard_like
+
+        xi = [shard_like(x, t) if is_dtensor(t) else x for x, t in zip(xi, like, strict=True)]
+    return xi
+
+
+def keyed_rows(
+    rows: Tensor,
+    *,
+    seeds: Sequence[int],
+    steps: Tensor,
+    stream: int,
+    kind: BounceDirection,
+    like: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """ξ for the particles of an ensemble (``like`` is ``[M, n]``): row m is exactly what
+    :func:`keyed_draw` gives the single particle ``seeds[m]`` at step ``steps[m]`` (a flat
+    parameter of n numbers). Only the rows where ``rows`` is True are drawn; the others are 0.
+    """
+    xi = torch.zeros_like(like)
+    for m in torch.nonzero(rows).flatten().tolist():
+        generator.manual_seed(keyed_seed(seeds[m], int(steps[m]), stream))
+        draw_direction([xi[m]], generator, kind, out=[xi[m]])
+    return xi
 
 
 def _global_norm(tensors: Sequence[Tensor]) -> Tensor:

@@ -57,16 +57,13 @@ def local_tensor(tensor: Tensor) -> Tensor:
 
 
 def _local_sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    """Σx² of local tensors (as ``ecdopt._kernels.sum_of_squares``: 16-bit in float32)."""
+    """Σx² of local tensors, accumulated in float64 (as ``ecdopt._kernels.sum_of_squares``)."""
     total = torch.zeros((), dtype=torch.float64, device=device)
     for t in tensors:
         if t.numel() == 0:  # an empty shard (uneven sharding) adds nothing
             continue
-        if t.dtype in (torch.float16, torch.bfloat16):
-            (square,) = torch._foreach_powsum([t], 2, dtype=torch.float32)
-        else:
-            (square,) = torch._foreach_powsum([t], 2)
-        total = total + square.to(device=device, dtype=torch.float64)
+        (square,) = torch._foreach_powsum([t], 2, dtype=torch.float64)
+        total = total + square.to(device=device)
     return total
 
 

@@ -18,22 +18,20 @@ Per-particle hyperparameters (``lr`` = Δt, ``loss_floor`` = ΔV, ``extra_energy
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ecdopt.chaos import (
-    BOUNCE_DIRECTIONS,
-    bounce_due,
-    counters_after_bounce,
-    counters_after_update,
-)
-from ecdopt.hamiltonians import adapted_floor, get_hamiltonian, restoration_factor
+from ecdopt import chaos
+from ecdopt._config import ECDConfig, check_number, check_seed
+from ecdopt._step import coefficients, decide, update_is_safe
+from ecdopt.hamiltonians import get_hamiltonian, projected_rescale
 
 __all__ = [
     "EnsembleResult",
+    "particle_seeds",
     "simulate",
     "simulate_adam",
     "simulate_sgd",
@@ -44,6 +42,7 @@ Potential = Callable[[Tensor], Tensor]
 #: ``callback(step, theta, value)`` may return a ``[M]`` bool tensor: particles to freeze there.
 Callback = Callable[[int, Tensor, Tensor], Tensor | None]
 Scalar = float | Tensor
+STREAM_PARTICLE = 3  # the key of the per-particle seeds derived from ``seed=``
 
 
 @dataclass
@@ -54,7 +53,8 @@ class EnsembleResult:
     point with F < ``target`` (−1: never, or no target given). ``done[m]`` says whether it was
     frozen (target reached with ``stop_at_target``, or frozen by the callback); ``stopped[m]``
     whether its dynamics halted by itself (ECD: V ≤ ε2). ``history_*`` hold Θ and F every
-    ``record_every`` steps (``history_steps`` says which).
+    ``record_every`` steps (``history_steps`` says which). ECD runs also report per particle
+    ``energy`` E, ``bounces``, ``skipped`` steps and ``off_shell_steps`` (V > κE, BBI).
     """
 
     theta: Tensor
@@ -70,6 +70,8 @@ class EnsembleResult:
     history_steps: Tensor | None = None
     energy: Tensor | None = None
     bounces: Tensor | None = None
+    skipped: Tensor | None = None
+    off_shell_steps: Tensor | None = None
 
 
 def value_and_grad(potential: Potential, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,135 +96,217 @@ def _norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1)
 
 
+def particle_seeds(seed: int, m: int) -> list[int]:
+    """The seeds of the M particles of ``simulate(..., seed=seed)``: particle i draws as
+    ``ECD(..., seed=particle_seeds(seed, M)[i])`` does (a splitmix64 mix of seed and i)."""
+    return [chaos.keyed_seed(seed, i, STREAM_PARTICLE) for i in range(m)]
+
+
 class _ECDStepper:
-    """One ECD step for all particles (design.md §1): state held as ``[M]``/``[M, n]`` tensors."""
+    """ECD for M particles through the optimizer's own scalar functions (:func:`decide`,
+    :func:`coefficients`, :func:`update_is_safe`) and keyed draws: particle i is
+    ``ECD(..., seed=seeds[i])`` on a single flat parameter of n numbers."""
 
-    def __init__(self, m: int, like: Tensor, generator: torch.Generator, **o) -> None:
-        if o["bounce_direction"] not in BOUNCE_DIRECTIONS:
-            kind = o["bounce_direction"]
-            raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
-        self.h = get_hamiltonian(o["hamiltonian"], kinetic_offset=o["kinetic_offset"])
-        self.lr = _per_particle(o["lr"], m, like)[:, None]
-        self.floor = _per_particle(o["loss_floor"], m, like)
-        self.extra = _per_particle(o["extra_energy"], m, like)
-        power = o["loss_power"]
-        self.power = (
-            None if isinstance(power, int | float) and power == 1 else _per_particle(power, m, like)
+    def __init__(
+        self, like: Tensor, config: ECDConfig, lr: Scalar, weight_decay: float, seeds: list[int]
+    ) -> None:
+        m = like.shape[0]
+        self.cfg, self.seeds, self.wd = config, seeds, weight_decay
+        per = {
+            k: _per_particle(getattr(config, k), m, like)
+            for k in ("loss_floor", "extra_energy", "loss_power", "chaos")
+        }
+        power = config.loss_power
+        self.h = get_hamiltonian(
+            config.hamiltonian,
+            kinetic_offset=config.kinetic_offset,
+            off_shell=config.off_shell,
+            loss_power=per["loss_power"] if isinstance(power, Tensor) else power,
         )
-        chaos = o["chaos"]
-        self.chaos = (
-            None
-            if isinstance(chaos, int | float) and chaos == 0
-            else _per_particle(chaos, m, like)[:, None]
+        self.lr, self.floor, self.extra = (
+            _per_particle(lr, m, like),
+            per["loss_floor"],
+            per["extra_energy"],
         )
-        self.wd = float(o["weight_decay"])
-        self.o = o
-        self.gen = generator
-        self.bounces_on = o["bounce_period"] is not None or o["bounce_patience"] is not None
+        self.chaos = per["chaos"] * self.h.chaos_scale(like.shape[1])
+        self.gen = torch.Generator(device=like.device)
+        floats = dict(dtype=like.dtype, device=like.device)
         ints = dict(dtype=torch.int64, device=like.device)
-        self.c0 = torch.zeros(m, **ints)
-        self.c1 = torch.zeros(m, **ints)
-        self.n_done = torch.zeros(m, **ints)
-        self.n_total = torch.zeros(m, **ints)
-        self.best_v = torch.full((m,), math.inf, dtype=like.dtype, device=like.device)
+        self.pi = torch.zeros_like(like)
+        self.energy = torch.full((m,), math.nan, **floats)
+        self.momentum_sq = torch.zeros(m, **floats)
+        self.best = torch.full((m,), math.inf, **floats)
+        self.initialized = torch.zeros(m, dtype=torch.bool, device=like.device)
         self.stopped = torch.zeros(m, dtype=torch.bool, device=like.device)
-        self.energy: Tensor | None = None
-        self.pi: Tensor | None = None
+        for name in ("c0", "c1", "n_done", "n_total", "calls", "skipped", "off_shell"):
+            setattr(self, name, torch.zeros(m, **ints))
 
-    def _draw(self, shape: torch.Size, like: Tensor, kind: str) -> Tensor:
-        if kind == "uniform":
-            return torch.rand(shape, generator=self.gen, dtype=like.dtype, device=like.device) - 0.5
-        return torch.randn(shape, generator=self.gen, dtype=like.dtype, device=like.device)
+    def _draw(self, rows: Tensor, stream: int, kind: str, calls: Tensor) -> Tensor:
+        return chaos.keyed_rows(
+            rows,
+            seeds=self.seeds,
+            steps=calls,
+            stream=stream,
+            kind=kind,
+            like=self.pi,
+            generator=self.gen,
+        )
 
-    def _objective(self, theta: Tensor, value: Tensor) -> Tensor:
-        """F + ½λ|Θ|² (the loss the particle minimises, before the floor)."""
-        if self.wd:
-            return value + 0.5 * self.wd * (theta * theta).sum(dim=-1)
-        return value
-
-    def potential(self, theta: Tensor, value: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-        """V = F_eff**η and ∇V (design.md §1 steps 1-2)."""
-        f_eff = value - self.floor
-        g_eff = grad
-        if self.wd:
-            f_eff = f_eff + 0.5 * self.wd * (theta * theta).sum(dim=-1)
-            g_eff = grad + self.wd * theta
-        if self.power is None:
-            return f_eff, g_eff
-        # V = F_eff**η above the floor; below it V = F_eff ≤ 0 (the particle has stopped)
-        positive = f_eff.clamp(min=torch.finfo(f_eff.dtype).tiny)
-        v = torch.where(f_eff > 0, positive.pow(self.power), f_eff)
-        return v, (self.power * positive.pow(self.power - 1))[:, None] * g_eff
+    def _initial_momentum(self, first: Tensor, force: Tensor, target: Tensor) -> Tensor:
+        """Π0 = −G/|G|·sqrt(Π²_target) (eq. 14); a zero gradient: a keyed random direction."""
+        direction = -force
+        zero = first & ~(_norm(force) > 0)
+        if bool(zero.any()):
+            xi = self._draw(zero, chaos.STREAM_INITIAL, "gaussian", torch.zeros_like(self.calls))
+            direction = torch.where(zero[:, None], xi, direction)
+        norm = _norm(direction)
+        scale = target.clamp(min=0).sqrt() / torch.where(norm > 0, norm, 1.0)
+        return direction * scale[:, None]
 
     def step(self, theta: Tensor, value: Tensor, grad: Tensor, active: Tensor) -> Tensor:
-        o, h = self.o, self.h
-        finite = torch.isfinite(value) & torch.isfinite(grad).all(dim=-1)
-        v, gv = self.potential(theta, value, grad)
-        if o["adapt_floor"]:  # the paper's adaptive ΔV: lower F0 where V ≤ 0 (see the optimizer)
-            below = (v <= 0) & finite & active
-            objective = self._objective(theta, value)
-            self.floor = torch.where(below, adapted_floor(objective, self.floor), self.floor)
-            v, gv = self.potential(theta, value, grad)
-            if self.energy is not None:  # restart at E = E(V', δE), direction kept
-                self.energy = torch.where(below, h.initial_energy(v, self.extra), self.energy)
-        if self.pi is None:  # first step: E (eq. 13) and Π0 along −∇V (eq. 14)
-            self.energy = h.initial_energy(v, self.extra)
-            gnorm = _norm(gv)[:, None]
-            rand = self._draw(gv.shape, gv, "gaussian")  # a zero gradient: random direction
-            rand = rand / _norm(rand)[:, None]
-            direction = torch.where(gnorm > 0, -gv / torch.where(gnorm > 0, gnorm, 1.0), rand)
-            speed = h.target_momentum_sq(self.energy, v).clamp(min=0).sqrt()
-            self.pi = direction * speed[:, None]
-        # ε2: nothing moves once V ≤ stop_tol; a NaN/inf loss or gradient skips the step
-        moving = active & finite & (v > o["stop_tol"])
-        self.stopped = self.stopped | (active & finite & ~moving)
-        pi, e = self.pi, self.energy
-        mv = moving[:, None]
+        cfg, h = self.cfg, self.h
+        calls = self.calls.clone()
+        self.calls += active
+        theta_sq = (theta * theta).sum(dim=-1)
+        objective = value + 0.5 * self.wd * theta_sq if self.wd else value
+        d = decide(
+            config=cfg,
+            hamiltonian=h,
+            objective=objective,
+            grad_sq=(grad * grad).sum(-1),
+            floor=self.floor,
+            best=self.best,
+        )
+        first = active & d.moving & ~self.initialized
+        if not cfg.adapt_floor and bool((first & d.below_floor).any()):
+            raise ValueError(
+                "a particle starts at or below loss_floor (V = F - F0 <= 0): pass a "
+                "loss_floor below the loss, or adapt_floor=True"
+            )
+        restart = first | (d.below_floor & self.initialized) if cfg.adapt_floor else first
+        energy = torch.where(restart, h.initial_energy(d.potential, self.extra), self.energy)
+        force_norm = _norm(grad) + self.wd * theta_sq.sqrt()
+        pi = torch.where(
+            first[:, None],
+            self._initial_momentum(
+                first, grad + self.wd * theta, h.target_momentum_sq(energy, d.potential)
+            ),
+            self.pi,
+        )
+        momentum_sq = torch.where(first, (pi * pi).sum(-1), self.momentum_sq)
+        c = coefficients(
+            config=cfg,
+            hamiltonian=h,
+            energy=energy,
+            potential=d.potential,
+            effective=d.effective,
+            momentum_sq=momentum_sq,
+            dim=theta.shape[1],
+        )
+        safe = update_is_safe(
+            rescale=c.rescale,
+            kick=c.kick,
+            drift_bound=c.drift_bound,
+            momentum_sq=momentum_sq,
+            force_norm=force_norm,
+            lr=self.lr,
+            weight_decay=self.wd,
+            limits=_limits(theta),
+        )
+        if h.projects_force:
+            safe = safe & update_is_safe(
+                rescale=projected_rescale(
+                    c.rescale, self.lr * c.kick, momentum_sq.sqrt() * force_norm
+                ),
+                kick=c.kick,
+                drift_bound=c.drift_bound,
+                momentum_sq=momentum_sq,
+                force_norm=force_norm,
+                lr=self.lr,
+                weight_decay=self.wd,
+                limits=_limits(theta),
+            )
+        moving = active & d.moving & safe
+        self.skipped += active & (~d.finite | (d.moving & ~safe))
+        self.stopped = self.stopped | (active & d.finite & ~d.moving)
+        keep = active & d.finite & (safe | ~d.moving)
+        self.floor = torch.where(keep, d.floor, self.floor)
+        new_theta = self._update(theta, pi, grad, energy, d, c, moving, calls)
+        self.initialized = self.initialized | (first & moving)
+        return new_theta
 
-        if self.bounces_on:  # Algorithm 1's bounce, done in the same step as the update
-            fixed, due = bounce_due(
-                self.c0,
-                self.c1,
-                self.n_done,
-                bounce_period=o["bounce_period"],
-                n_bounces=o["n_bounces"],
-                bounce_patience=o["bounce_patience"],
-            )
-            due = due & moving
-            xi = self._draw(pi.shape, pi, o["bounce_direction"])
-            bounced = xi * (_norm(pi) / _norm(xi))[:, None]
-            pi = torch.where(due[:, None], bounced, pi)
-            c0, c1, nd = counters_after_bounce(
-                self.c0, self.c1, self.n_done, fixed & due, n_bounces=o["n_bounces"]
-            )
-            self.c0 = torch.where(due, c0, self.c0)
-            self.c1 = torch.where(due, c1, self.c1)
-            self.n_done = torch.where(due, nd, self.n_done)
-            self.n_total = self.n_total + due
+    def _bounce(self, pi: Tensor, moving: Tensor, calls: Tensor) -> Tensor:
+        """Algorithm 1's bounce, in the same step as the update: Π ← |Π|·ξ/|ξ| where due."""
+        cfg = self.cfg
+        fixed, due = chaos.bounce_due(
+            self.c0,
+            self.c1,
+            self.n_done,
+            bounce_period=cfg.bounce_period,
+            n_bounces=cfg.n_bounces,
+            bounce_patience=cfg.bounce_patience,
+        )
+        due = due & moving
+        if not bool(due.any()):
+            return pi
+        xi = self._draw(due, chaos.STREAM_BOUNCE, cfg.bounce_direction, calls)
+        bounced = xi * (_norm(pi) / torch.where(due, _norm(xi), 1.0))[:, None]
+        after = chaos.counters_after_bounce(
+            self.c0, self.c1, self.n_done, fixed, n_bounces=cfg.n_bounces
+        )
+        self.c0, self.c1, self.n_done = (
+            torch.where(due, a, b)
+            for a, b in zip(after, (self.c0, self.c1, self.n_done), strict=True)
+        )
+        self.n_total = self.n_total + due
+        return torch.where(due[:, None], bounced, pi)
 
-        if o["conserve_energy"]:  # restoration α (Algorithm 1)
-            alpha = restoration_factor(
-                (pi * pi).sum(dim=-1), h.target_momentum_sq(e, v), o["energy_tol"]
-            )
-            pi = pi * alpha[:, None]
-        vd = h.dynamical_potential(e, v)  # V clipped to κE far off the shell (BBI)
-        pi = pi - self.lr * (h.kick_factor(e, vd) * (vd / v))[:, None] * gv  # kick, eq. 11
-        drift = h.drift_factor(e, vd, (pi * pi).sum(dim=-1) if h.drift_uses_momentum_sq else None)
-        new_theta = theta + self.lr * drift[:, None] * pi  # drift, eq. 12
-        if self.chaos is not None:  # ECDSep rotation: Π ← |Π|·u/|u|, u = Π/|Π| + νξ
-            pn = _norm(pi)[:, None]
-            u = pi / torch.where(pn > 0, pn, 1.0) + self.chaos * self._draw(
-                pi.shape, pi, "gaussian"
-            )
-            pi = torch.where(pn > 0, u * (pn / _norm(u)[:, None]), pi)
-
-        new_min = v < self.best_v
-        self.best_v = torch.where(moving & new_min, v, self.best_v)
-        c0, c1 = counters_after_update(self.c0, self.c1, new_min)
-        self.c0 = torch.where(moving, c0, self.c0)
-        self.c1 = torch.where(moving, c1, self.c1)
-        self.pi = torch.where(mv, pi, self.pi)
+    def _update(
+        self,
+        theta: Tensor,
+        pi: Tensor,
+        grad: Tensor,
+        energy: Tensor,
+        d,
+        c,
+        moving: Tensor,
+        calls: Tensor,
+    ) -> Tensor:
+        """Bounce, kick, drift, rotation and bookkeeping (rows where ``moving``)."""
+        h, mv = self.h, moving[:, None]
+        if self.cfg.has_bounces:
+            pi = self._bounce(pi, moving, calls)
+        rescale = torch.where(moving, c.rescale, 1.0)
+        kick = self.lr * torch.where(moving, c.kick, 0.0)
+        if h.projects_force:  # unit speed: the kick orthogonal to Π
+            dot = (pi * grad).sum(-1) + self.wd * (pi * theta).sum(-1)
+            rescale = projected_rescale(rescale, kick, dot)
+        new_pi = pi * rescale[:, None] - kick[:, None] * grad
+        if self.wd:
+            new_pi = new_pi - (kick * self.wd)[:, None] * theta
+        momentum_sq = (new_pi * new_pi).sum(-1)
+        drift = c.drift if c.drift is not None else h.drift_factor(energy, d.potential, momentum_sq)
+        new_theta = theta + (self.lr * torch.where(moving, drift, 0.0))[:, None] * new_pi
+        if self.cfg.has_rotation:  # Π ← |Π|·w/|w|, w = Π + ν|Π|ξ (= |Π|·u, u = Π/|Π| + νξ)
+            rows = moving & (self.chaos > 0)
+            xi = self._draw(rows, chaos.STREAM_ROTATION, "gaussian", calls)
+            w = new_pi + (self.chaos * momentum_sq.sqrt())[:, None] * xi
+            w_sq = (w * w).sum(-1)
+            rotated = w * (momentum_sq / torch.where(w_sq > 0, w_sq, 1.0)).sqrt()[:, None]
+            new_pi = torch.where((rows & (w_sq > 0))[:, None], rotated, new_pi)
+        c0, c1 = chaos.counters_after_update(self.c0, self.c1, d.new_minimum)
+        self.c0, self.c1 = torch.where(moving, c0, self.c0), torch.where(moving, c1, self.c1)
+        self.best = torch.where(moving, torch.minimum(self.best, d.objective), self.best)
+        self.off_shell = self.off_shell + (moving & c.off_shell)
+        self.energy = torch.where(moving, energy, self.energy)
+        self.momentum_sq = torch.where(moving, momentum_sq, self.momentum_sq)
+        self.pi = torch.where(mv, new_pi, self.pi)
         return torch.where(mv, new_theta, theta)
+
+
+def _limits(like: Tensor) -> tuple[float, float]:
+    limit = torch.finfo(like.dtype).max / 16
+    return limit, limit
 
 
 class _SGDStepper:
@@ -341,6 +425,8 @@ def _drive(
         history_steps=torch.tensor(hist_k) if hist_k else None,
         energy=getattr(stepper, "energy", None),
         bounces=getattr(stepper, "n_total", None),
+        skipped=getattr(stepper, "skipped", None),
+        off_shell_steps=getattr(stepper, "off_shell", None),
     )
 
 
@@ -372,23 +458,30 @@ def simulate(
     weight_decay: float = 0.0,
     adapt_floor: bool = False,
     bounce_direction: str = "gaussian",
+    off_shell: str = "rescale",
     seed: int | None = None,
-    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
     target: float | None = None,
     stop_at_target: bool = False,
     record_every: int | None = None,
     callback: Callback | None = None,
 ) -> EnsembleResult:
-    """Run ECD on M independent particles for ``steps`` steps (design.md §1, Algorithm 1).
+    """Run ECD on M independent particles for ``steps`` steps (the paper's Algorithm 1 and its
+    family), each exactly as the optimizer would move it.
 
     ``theta0`` is ``[M, n]``; ``potential`` maps ``[M, n] → [M]`` (F, before the floor ΔV).
-    Arguments are the optimizer's: ``lr`` = Δt, ``loss_floor`` = ΔV (F0), ``extra_energy`` = δE,
-    ``bounce_period`` = T0, ``n_bounces`` = N_b, ``bounce_patience`` = T1 (None turns that
-    bounce mechanism off; defaults as :class:`ecdopt.ECD`: T0 = 1000, N_b = 1, T1 = 3000),
-    ``loss_power`` = η (V = F_eff**η), ``chaos`` = ν (ECDSep rotation), ``kinetic_offset`` = s,
-    ``energy_tol`` = ε1, ``stop_tol`` = ε2, ``adapt_floor`` (lower F0 where a particle
-    overshoots it, as the optimizer does). ``lr``, ``loss_floor``, ``extra_energy``,
-    ``loss_power`` and ``chaos`` may be ``[M]`` tensors.
+    Arguments are the optimizer's (:class:`ecdopt.ECD`, validated the same way): ``lr`` = Δt,
+    ``loss_floor`` = ΔV (F0), ``extra_energy`` = δE, ``bounce_period`` = T0, ``n_bounces`` =
+    N_b, ``bounce_patience`` = T1 (None turns that bounce mechanism off), ``loss_power`` = η,
+    ``chaos`` = ν, ``kinetic_offset`` = s, ``energy_tol`` = ε1, ``stop_tol`` = ε2,
+    ``adapt_floor``, ``bounce_direction``, ``off_shell``. ``lr``, ``loss_floor``,
+    ``extra_energy``, ``loss_power`` and ``chaos`` may be ``[M]`` tensors (one Optuna trial per
+    particle).
+
+    Randomness: particle i follows exactly (to rounding) the trajectory of
+    ``ECD([θ_i], ..., seed=seeds[i])`` with the same options — bounces, rotations and floor
+    adaptation included. ``seed=s`` is shorthand for ``seeds=particle_seeds(s, M)``; with
+    neither, ``s`` is drawn from torch's default generator.
 
     ``target``: record the first step with F < target (and with ``stop_at_target`` freeze the
     particle there). ``callback(step, theta, value)`` runs at every evaluated point and may
@@ -396,33 +489,28 @@ def simulate(
     is frozen or stopped (V ≤ ε2).
     """
     _check(theta0, steps)
-    if generator is None:
-        generator = torch.Generator(device=theta0.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-    stepper = _ECDStepper(
-        theta0.shape[0],
-        theta0,
-        generator,
+    m = theta0.shape[0]
+    config = ECDConfig(
         hamiltonian=hamiltonian,
-        lr=lr,
+        loss_power=loss_power,
         loss_floor=loss_floor,
         extra_energy=extra_energy,
         bounce_period=bounce_period,
         n_bounces=n_bounces,
         bounce_patience=bounce_patience,
+        chaos=chaos,
+        kinetic_offset=kinetic_offset,
         conserve_energy=conserve_energy,
         energy_tol=energy_tol,
         stop_tol=stop_tol,
-        loss_power=loss_power,
-        chaos=chaos,
-        kinetic_offset=kinetic_offset,
-        weight_decay=weight_decay,
         adapt_floor=adapt_floor,
         bounce_direction=bounce_direction,
+        off_shell=off_shell,
+        per_particle=True,
     )
+    check_number("lr", lr, positive=True, meaning="the time step Δt", tensor_ok=True)
+    wd = check_number("weight_decay", weight_decay, minimum=0.0, meaning="λ")
+    stepper = _ECDStepper(theta0, config, lr, wd, _seeds(seed, seeds, m))
     return _drive(
         potential,
         theta0,
@@ -433,6 +521,21 @@ def simulate(
         record_every=record_every,
         callback=callback,
     )
+
+
+def _seeds(seed: int | None, seeds: Sequence[int] | None, m: int) -> list[int]:
+    """The M particle seeds from ``seeds=`` or ``seed=`` (see :func:`simulate`)."""
+    if seeds is not None:
+        if seed is not None:
+            raise ValueError("pass seed= or seeds=, not both")
+        seeds = [check_seed(s) for s in seeds]
+        if len(seeds) != m or None in seeds:
+            raise ValueError(f"seeds must be {m} ints (one per particle), got {len(seeds)}")
+        return seeds
+    seed = check_seed(seed)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    return particle_seeds(seed, m)
 
 
 def simulate_sgd(

@@ -1,0 +1,176 @@
+"""The optimizer's bookkeeping around the step: gathering the particle from the param groups,
+saving and checking its state, diagnostics, and the data-parallel seed agreement."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ._config import ECDConfig
+from ._kernels import is_plain_cpu
+from ._step import COUNTER_KEYS, SCALAR_KEYS, Group, Particle
+
+if TYPE_CHECKING:
+    from .optimizer import ECD
+
+__all__ = [
+    "check_momenta",
+    "check_particle_state",
+    "diagnostics",
+    "distributed",
+    "gather",
+    "momentum_dtype",
+    "particle_state",
+]
+
+#: configuration fields whose change alters what the saved E, Π and V mean
+DYNAMICS_KEYS = ("hamiltonian", "loss_power", "kinetic_offset")
+
+
+def momentum_dtype(param: Tensor) -> torch.dtype:
+    """The dtype of Π for ``param``: float32 for 16-bit floats (Π may overflow them)."""
+    if param.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return param.dtype
+
+
+def gather(opt: ECD) -> Particle | None:
+    """(lr, λ, params, grads, Π) of every group's params that have a gradient; None if none."""
+    groups, plain = [], True
+    for group in opt.param_groups:
+        params, grads, momenta = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse or p.grad.dtype.is_complex or p.dtype.is_complex:
+                kind = "sparse" if p.grad.is_sparse else "complex"
+                raise ValueError(f"ECD does not support {kind} gradients or parameters")
+            momentum = opt.state[p].get("momentum")
+            if momentum is None:
+                momentum = opt.state[p]["momentum"] = torch.zeros_like(
+                    p, dtype=momentum_dtype(p), memory_format=torch.preserve_format
+                )
+            plain = plain and is_plain_cpu(p) and p.grad.dtype == p.dtype and p.grad.is_cpu
+            params.append(p)
+            grads.append(p.grad)
+            momenta.append(momentum)
+        if params:
+            foreach = group["foreach"] is not False
+            groups.append(
+                Group(group["lr"], group["weight_decay"], foreach, params, grads, momenta)
+            )
+    if not groups:
+        return None
+    return Particle(groups=groups, device=groups[0].params[0].device, plain_cpu=plain)
+
+
+def particle_state(state: dict[str, Any], seed: int, config: ECDConfig) -> dict[str, Any]:
+    """The ``"ecd"`` entry of ``state_dict()``: tensors, numbers and strings only."""
+    saved = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()}
+    saved["seed"] = seed
+    saved["config"] = config.as_dict()
+    return saved
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        return value.item()
+    if isinstance(value, numbers.Real):
+        return value
+    return None
+
+
+def check_particle_state(state_dict: dict[str, Any], config: ECDConfig) -> dict[str, Any]:
+    """The saved particle, checked against ``config``: a ``ValueError`` names what differs."""
+    particle = state_dict.get("ecd")
+    if not isinstance(particle, dict):
+        raise ValueError("not an ECD state_dict: it has no 'ecd' entry (the particle's state)")
+    particle = dict(particle)
+    saved_config = particle.pop("config", None)
+    if isinstance(saved_config, dict):
+        for key in DYNAMICS_KEYS:
+            mine, theirs = getattr(config, key), saved_config.get(key, getattr(config, key))
+            if mine != theirs:
+                raise ValueError(
+                    f"the state_dict is from another dynamics: {key} is {theirs!r} there and "
+                    f"{mine!r} here (its energy, momentum and potential mean something else)"
+                )
+    for key in ("calls", *COUNTER_KEYS):
+        value = _number(particle.get(key, 0))
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"the state_dict's counter {key!r} must be an int >= 0, got {value!r}")
+    for key in SCALAR_KEYS:
+        value = particle.get(key)
+        if value is not None and _number(value) is None:
+            raise ValueError(f"the state_dict's {key!r} must be a number, got {value!r}")
+    if particle.get("initialized"):
+        energy = _number(particle.get("energy"))
+        if energy is None or not math.isfinite(energy):
+            raise ValueError(f"the state_dict's energy must be a finite number, got {energy!r}")
+    if "seed" in particle and not isinstance(_number(particle["seed"]), int):
+        raise ValueError(f"the state_dict's seed must be an int, got {particle['seed']!r}")
+    return {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in particle.items()}
+
+
+def check_momenta(state_dict: dict[str, Any], params: list[Tensor]) -> dict[Tensor, Tensor]:
+    """The saved Π of each parameter, checked: shaped like the parameter and finite."""
+    saved_ids = [pid for g in state_dict.get("param_groups", []) for pid in g["params"]]
+    if len(saved_ids) != len(params):
+        raise ValueError(
+            f"the state_dict has {len(saved_ids)} parameters, this optimizer {len(params)}"
+        )
+    momenta = {}
+    for index, (pid, p) in enumerate(zip(saved_ids, params, strict=True)):
+        momentum = state_dict.get("state", {}).get(pid, {}).get("momentum")
+        if momentum is None:
+            continue
+        if not isinstance(momentum, Tensor) or momentum.shape != p.shape:
+            shape = getattr(momentum, "shape", type(momentum).__name__)
+            raise ValueError(
+                f"the saved momentum of parameter {index} has shape {tuple(shape)}, "
+                f"the parameter {tuple(p.shape)}"
+            )
+        if not bool(torch.isfinite(momentum).all()):
+            raise ValueError(f"the saved momentum of parameter {index} is not finite")
+        momenta[p] = momentum
+    return momenta
+
+
+def diagnostics(state: dict[str, Any], config: ECDConfig) -> dict[str, float]:
+    """Plain floats of the particle's state (see :meth:`ecdopt.ECD.diagnostics`)."""
+
+    def as_float(v: Any) -> float:
+        return math.nan if v is None else float(v)
+
+    floor = state["loss_floor"] if state["loss_floor"] is not None else config.loss_floor
+    out = {
+        key: as_float(state[key])
+        for key in ("energy", "potential", "momentum_sq", "speed", "rescale")
+    }
+    out.update(
+        {key: float(state[key]) for key in ("steps", "bounces", "skipped", "off_shell_steps")}
+    )
+    out["loss_floor"] = float(floor)
+    return out
+
+
+def distributed(opt: ECD) -> bool:
+    """Whether the loss is averaged over the process group (see ``reduce_loss``); the first
+    time, every replica takes rank 0's seed (they must draw the same bounce directions)."""
+    if opt.reduce_loss is False or not torch.distributed.is_available():
+        return False
+    if not torch.distributed.is_initialized():
+        if opt.reduce_loss:
+            raise RuntimeError("reduce_loss=True needs torch.distributed to be initialized")
+        return False
+    world = torch.distributed.get_world_size(opt.process_group)
+    if world > 1 and not opt._seed_given and not opt._ecd["initialized"]:
+        seed = [opt.seed]
+        torch.distributed.broadcast_object_list(seed, src=0, group=opt.process_group)
+        opt.seed = int(seed[0])
+        opt._seed_given = True
+    return world > 1
