@@ -32,9 +32,9 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ecdopt.experiments.data import cifar_transform
-from ecdopt.experiments.models import ResNet18
 from ecdopt.experiments.vision import PRESETS, make_optimizer
+from ecdopt.experiments.vision.data import cifar_transform
+from ecdopt.experiments.vision.models import ResNet18
 
 OPTIMIZER_NAMES = {"sgd": "sgdm", "bbi": "bbi"}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ecdopt.cli import main
-from ecdopt.experiments.synthetic_tuning import Method, tune
+from ecdopt.experiments.synthetic.tuning import Method, tune
 from ecdopt.landscapes import zakharov
 
 pytestmark = pytest.mark.xdist_group("synthetic")

@@ -10,12 +10,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
-optuna = pytest.importorskip("optuna")
-
-from ecdopt.cli import main  # noqa: E402
-from ecdopt.experiments.tune import (  # noqa: E402
+from ecdopt.cli import main
+from ecdopt.experiments.tune import (
     TuneConfig,
     TuneError,
     list_tasks,

@@ -15,8 +15,6 @@ import pytest
 import torch
 
 from ecdopt.cli import main as cli_main
-from ecdopt.experiments import data as D
-from ecdopt.experiments.models import DigitsCNN, MnistCNN, ResNet18, build_model
 from ecdopt.experiments.vision import (
     CURVE_KEYS,
     ExperimentError,
@@ -24,21 +22,12 @@ from ecdopt.experiments.vision import (
     resolve_hyperparameters,
     train_run,
 )
+from ecdopt.experiments.vision import data as D
+from ecdopt.experiments.vision.models import DigitsCNN, MnistCNN, ResNet18, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.xdist_group("vision")
-
-
-def _has_ecd() -> bool:
-    try:
-        from ecdopt import BBI  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_ecd = pytest.mark.skipif(not _has_ecd(), reason="ecdopt.BBI not available yet")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -300,7 +289,7 @@ def _cfg(optimizer: str, epochs: int, **kw) -> RunConfig:  # type: ignore[no-unt
     return RunConfig("digits", optimizer, hyper, epochs=epochs, batch_size=32, **kw)
 
 
-@pytest.mark.parametrize("optimizer", ["sgdm", pytest.param("bbi", marks=needs_ecd)])
+@pytest.mark.parametrize("optimizer", ["sgdm", "bbi"])
 def test_training_learns_digits(optimizer: str, small_digits: D.ImageData) -> None:
     run = train_run(_cfg(optimizer, 4), small_digits)
     curves = run["curves"]
@@ -321,7 +310,7 @@ def test_bf16_autocast_and_channels_last_path(small_digits: D.ImageData) -> None
 
 @pytest.mark.parametrize(
     ("optimizer", "overrides"),
-    [("sgdm", None), pytest.param("bbi", {"bounce_period": 7, "n_bounces": 5}, marks=needs_ecd)],
+    [("sgdm", None), ("bbi", {"bounce_period": 7, "n_bounces": 5})],
 )
 def test_resume_reproduces_an_uninterrupted_run(
     tmp_path: Path, small_digits: D.ImageData, optimizer: str, overrides: dict | None
@@ -439,7 +428,6 @@ def test_cli_user_errors_are_one_line(
 # the GPU benchmark script, in its CPU smoke mode
 
 
-@needs_ecd
 def test_gpu_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "vision_gpu.py"), "--device", "cpu"]

@@ -1,9 +1,14 @@
 """The ``ecdopt`` command.
 
-Each experiment module registers its own sub-command through a function
-``add_parser(subparsers)`` that adds a parser and sets ``func`` (a callable taking the parsed
-``argparse.Namespace`` and returning an exit code). Modules are imported lazily so that
-``ecdopt --help`` stays fast and ``import ecdopt`` never loads the experiment dependencies.
+Each sub-command lives in a module with a function ``add_parser(subparsers)`` that adds its
+parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an
+exit code). Only the module of the sub-command being run is imported: ``ecdopt --help`` lists
+the commands from the table below without loading any of them, and ``import ecdopt`` never
+loads the experiment dependencies.
+
+Every command follows one convention (:mod:`ecdopt.experiments.cli_common`): a user mistake
+ends in one line ``ecdopt CMD: error: ...`` and exit status 2; Ctrl-C ends with exit status 130
+and one line saying what was saved.
 """
 
 from __future__ import annotations
@@ -15,46 +20,77 @@ from collections.abc import Sequence
 
 from ecdopt._errors import CommandError
 
-__all__ = ["CommandError", "build_parser", "main"]
+__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
-# sub-command name -> module that provides ``add_parser(subparsers)``
-_COMMANDS: dict[str, str] = {
-    "demo": "ecdopt.experiments.demo",
-    "synthetic": "ecdopt.experiments.synthetic",
-    "pde": "ecdopt.experiments.pde_cli",
-    "train": "ecdopt.experiments.vision_cli",
-    "tune": "ecdopt.experiments.tune_cli",
+# sub-command name -> (module that provides ``add_parser(subparsers)``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "ecdopt.experiments.demo",
+        "reduced synthetic experiments (§4.1-4.3) with a paper-vs-measured table",
+    ),
+    "synthetic": (
+        "ecdopt.experiments.synthetic.cli",
+        "the paper's synthetic experiments (§4.1-4.3)",
+    ),
+    "pde": (
+        "ecdopt.experiments.pde.cli",
+        "PDE experiment of §4.4 / App. B (nonlinear Poisson on the unit ball)",
+    ),
+    "train": (
+        "ecdopt.experiments.vision.cli",
+        "image classification with ECD and baselines (paper §4.5)",
+    ),
+    "tune": (
+        "ecdopt.experiments.tune.cli",
+        "a worker of a shared Optuna hyperparameter sweep (SQLite/PostgreSQL storage)",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every available sub-command."""
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first argument that is not an option), if any."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with the full parser of ``command`` (only its module is imported);
+    the other sub-commands appear in ``--help`` only."""
     parser = argparse.ArgumentParser(
         prog="ecdopt",
         description="Energy-Conserving Descent (ECD) optimizers: experiments and tools.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_name in _COMMANDS.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a sub-command whose module is not there yet
-            if exc.name == module_name:
-                continue
-            raise
-        module.add_parser(subparsers)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module_name).add_parser(subparsers)
+        else:  # listed in --help, never run (the real parser is built when it is chosen)
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _interrupted(command: str) -> str:
+    from ecdopt.experiments.cli_common import saved_summary
+
+    return f"ecdopt {command}: interrupted; {saved_summary()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ecdopt`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``ecdopt`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _chosen(argv)
     try:
+        args = build_parser(command).parse_args(argv)
         return int(args.func(args) or 0)
     except CommandError as exc:
-        print(f"ecdopt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ecdopt {command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(command or "(no command)"), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

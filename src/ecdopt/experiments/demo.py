@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ecdopt.experiments.synthetic_protocols import (
+from ecdopt.experiments.synthetic.protocols import (
     AckleyConfig,
     BasinsConfig,
     ZakharovConfig,
@@ -102,7 +102,7 @@ def run_demo(out: Path, smoke: bool = False, progress: bool = True) -> list[tupl
     """Run the three reduced experiments, write JSON and plots into ``out``, return the table."""
     from tqdm import tqdm
 
-    from ecdopt.experiments.synthetic_plots import plot_ackley, plot_basins, plot_zakharov
+    from ecdopt.experiments.synthetic.plots import plot_ackley, plot_basins, plot_zakharov
 
     ack_cfg, zak_cfg, bas_cfg = demo_configs(smoke)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import DATASETS, ImageData, load_data
-from .models import build_model
+from ecdopt.experiments import registry
+from ecdopt.experiments.vision.data import DATASETS, ImageData, load_data
+from ecdopt.experiments.vision.models import build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,7 +50,6 @@ __all__ = [
     "Preset",
     "RunConfig",
     "make_optimizer",
-    "plot_curves",
     "resolve_device",
     "resolve_hyperparameters",
     "run_experiment",
@@ -57,7 +57,7 @@ __all__ = [
     "train_run",
 ]
 
-OPTIMIZERS = ("bbi", "ecdsep", "sgdm", "adam")
+OPTIMIZERS = registry.OPTIMIZERS
 PROTOCOLS = ("runs", "grid", "optuna")
 CURVE_KEYS = (
     "epoch",
@@ -69,24 +69,12 @@ CURVE_KEYS = (
 )
 CHECKPOINT_FORMAT = "ecdopt-vision-checkpoint-1"
 
-# The hyperparameters each optimizer accepts (library names; the paper's in brackets):
-# lr [Δt], extra_energy [δE], loss_floor [ΔV], bounce_period [T0], n_bounces [N_b],
-# bounce_patience [T1], loss_power [η], chaos [ν].
-HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
-    "sgdm": ("lr", "momentum", "weight_decay"),
-    "adam": ("lr", "weight_decay"),
-    "bbi": (
-        "lr",
-        "extra_energy",
-        "loss_floor",
-        "bounce_period",
-        "n_bounces",
-        "bounce_patience",
-        "weight_decay",
-    ),
-    "ecdsep": ("lr", "extra_energy", "loss_floor", "loss_power", "chaos", "weight_decay"),
-}
-_INTEGER_HYPERPARAMETERS = frozenset({"bounce_period", "n_bounces", "bounce_patience"})
+# The hyperparameters each optimizer accepts (library names; the paper's symbols in
+# :mod:`ecdopt.experiments.registry`).
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = registry.ACCEPTS
+_INTEGER_HYPERPARAMETERS = frozenset(
+    name for name, spec in registry.HYPERPARAMETERS.items() if spec.kind is int
+)
 
 
 class ExperimentError(ValueError):
@@ -173,22 +161,9 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-# The paper's MNIST grid (§4.5); the same learning rates for the other optimizers.
-_PAPER_LRS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3)
-GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
-    "sgdm": {"lr": _PAPER_LRS, "momentum": (0.85, 0.9, 0.95, 0.99, 0.999)},
-    "bbi": {"lr": _PAPER_LRS, "extra_energy": (0.0, 0.1, 0.5, 1.0, 2.0)},
-    "ecdsep": {"lr": _PAPER_LRS, "extra_energy": (0.0, 0.1, 0.5, 1.0, 2.0)},
-    "adam": {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)},
-}
-
-# The paper's CIFAR search ranges (§4.5): (low, high, log scale).
-OPTUNA_SPACES: dict[str, dict[str, tuple[float, float, bool]]] = {
-    "sgdm": {"lr": (1e-3, 0.2, True), "momentum": (0.8, 1.0, False)},
-    "bbi": {"lr": (1e-3, 0.2, True)},
-    "ecdsep": {"lr": (1e-3, 0.2, True)},
-    "adam": {"lr": (1e-5, 1e-2, True)},
-}
+# The paper's MNIST grid and CIFAR search ranges (§4.5), from the registry.
+GRIDS: dict[str, dict[str, tuple[float, ...]]] = registry.GRIDS
+OPTUNA_SPACES: dict[str, dict[str, tuple[float, float, bool]]] = registry.SEARCH_SPACES["vision"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,18 +217,7 @@ def make_optimizer(
     unknown = set(hyper) - set(HYPERPARAMETERS.get(name, ()))
     if name not in HYPERPARAMETERS or unknown:
         raise ExperimentError(f"cannot build {name} with {sorted(unknown)}")
-    kwargs = {k: v for k, v in hyper.items() if k != "lr"}
-    lr = float(hyper["lr"])
-    if name == "sgdm":
-        return torch.optim.SGD(params, lr=lr, **kwargs)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, **kwargs)
-    try:
-        from ecdopt import BBI, ECDSep
-    except ImportError as exc:
-        raise ExperimentError(f"the ECD optimizers are not available: {exc}") from None
-    cls = BBI if name == "bbi" else ECDSep
-    return cls(params, lr=lr, seed=seed, **kwargs)
+    return registry.make_optimizer(name, params, hyper, seed=seed)
 
 
 @dataclass
@@ -763,6 +727,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(_jsonable(result), indent=1))
     if cfg.plots:
+        from ecdopt.experiments.vision.plots import plot_curves, plot_search
+
         plot_curves(result, out_dir / f"{stem}-curves.png")
         if search is not None:
             plot_search(search, out_dir / f"{stem}-search.png")
@@ -783,62 +749,3 @@ def _cached_search(path: Path, request: Mapping[str, Any]) -> dict | None:
         return None
     same = isinstance(search, dict) and search.get("request") == json.loads(json.dumps(request))
     return search if same else None
-
-
-# ----------------------------------------------------------------------------------------------
-# plots
-
-
-def plot_curves(result: Mapping[str, Any], path: str | Path) -> None:
-    """Training loss and test accuracy against epoch, one line per run (PNG, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, run in enumerate(result["runs"]):
-        c = run["curves"]
-        kw = {"color": f"C{i % 10}", "alpha": 0.8, "lw": 1.2}
-        ax_loss.plot(c["epoch"], c["train_loss"], label=f"seed {run['seed']}", **kw)
-        ax_acc.plot(c["epoch"], c["test_accuracy"], **kw)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy")
-    if len(result["runs"]) <= 10:
-        ax_loss.legend(fontsize=8)
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"{result['optimizer']} on {result['dataset']} ({result['model']}): final test accuracy "
-        f"mean {result['test_accuracy']:.4f}, median {result['test_accuracy_median']:.4f}"
-    )
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_search(search: Mapping[str, Any], path: str | Path) -> None:
-    """Search results: test accuracy against the learning rate, coloured by the other axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    trials = [t for t in search["trials"] if t["test_accuracy"] is not None]
-    keys = [k for k in search["space"] if k != "lr"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lrs = [t["hyperparameters"]["lr"] for t in trials]
-    accs = [t["test_accuracy"] for t in trials]
-    if keys:
-        colours = [t["hyperparameters"][keys[0]] for t in trials]
-        points = ax.scatter(lrs, accs, c=colours, cmap="viridis")
-        fig.colorbar(points, ax=ax, label=keys[0])
-    else:
-        ax.scatter(lrs, accs)
-    ax.set(xscale="log", xlabel="lr", ylabel=f"test accuracy after {search.get('epochs')} epochs")
-    ax.set_title(f"{search['kind']} search, {search.get('optimizer')} on {search.get('dataset')}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

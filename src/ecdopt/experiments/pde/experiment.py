@@ -1,7 +1,7 @@
 """The PDE experiment of §4.4 and App. B: solving eq. 53 with the eq. 56 ansatz and the eq. 19 loss.
 
-Pieces (the math lives in :mod:`~ecdopt.experiments.pde_problem` and
-:mod:`~ecdopt.experiments.pde_model`; this module holds the harness):
+Pieces (the math lives in :mod:`~ecdopt.experiments.pde.problem` and
+:mod:`~ecdopt.experiments.pde.model`; this module holds the harness):
 
 * :class:`PDEPreset` — ``paper`` (App. B and §4.4 exactly; GPU-sized), ``small`` (a gentler
   manufactured solution of the same family, ``sin²(2 r²)`` in d = 2, CPU-sized) and ``twin``
@@ -9,7 +9,6 @@ Pieces (the math lives in :mod:`~ecdopt.experiments.pde_problem` and
 * :func:`reference_solutions` — every radial solution by the shooting method (Fig. 7).
 * :func:`train_run` / :func:`train_runs` — one or several runs; each trained network is classified
   by its relative L2 error to each reference solution (nearest solution).
-* :func:`plot_solutions`, :func:`plot_sections`, :func:`plot_losses` — PNGs (matplotlib Agg).
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from ecdopt.experiments.pde_model import (
+from ecdopt.experiments import registry
+from ecdopt.experiments.pde.model import (
     LAPLACIANS,
     PDELoss,
     ResNetAnsatz,
@@ -35,7 +34,7 @@ from ecdopt.experiments.pde_model import (
     sample_ball,
     sample_sphere,
 )
-from ecdopt.experiments.pde_problem import (
+from ecdopt.experiments.pde.problem import (
     RadialProblem,
     RadialSolution,
     SinSquaredProfile,
@@ -66,10 +65,6 @@ __all__ = [
     "functorch_laplacian",
     "make_optimizer",
     "paper_source_eq55",
-    "plot_losses",
-    "plot_sections",
-    "plot_solutions",
-    "plot_traces",
     "profile_description",
     "reference_solutions",
     "relative_l2_errors",
@@ -82,7 +77,7 @@ __all__ = [
     "train_runs",
 ]
 
-OPTIMIZERS = ("bbi", "ecdsep", "sgdm", "adam")
+OPTIMIZERS = registry.OPTIMIZERS
 
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -277,20 +272,7 @@ def make_optimizer(
     name: str, params: Any, settings: Mapping[str, Any], *, seed: int | None = None
 ) -> torch.optim.Optimizer:
     """Build ``bbi`` / ``ecdsep`` (ecdopt, seeded) or ``sgdm`` / ``adam`` (torch) from settings."""
-    kw = dict(settings)
-    if name == "bbi":
-        from ecdopt import BBI
-
-        return BBI(params, seed=seed, **kw)
-    if name == "ecdsep":
-        from ecdopt import ECDSep
-
-        return ECDSep(params, seed=seed, **kw)
-    if name == "sgdm":
-        return torch.optim.SGD(params, **kw)
-    if name == "adam":
-        return torch.optim.Adam(params, **kw)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    return registry.make_optimizer(name, params, settings, seed=seed)
 
 
 @dataclass
@@ -600,114 +582,3 @@ def _train_in_workers(
     if bar is not None:
         bar.close()
     return [r for r in results if r is not None]
-
-
-# --------------------------------------------------------------------------------------------
-# plots (matplotlib Agg)
-# --------------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_solutions(solutions: Sequence[RadialSolution], path: Path, title: str = "") -> Path:
-    """Fig. 7: the ``x2 = 0`` section ``u(|x1|)`` of every reference solution, one panel each."""
-    plt = _pyplot()
-    n = max(len(solutions), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
-    for ax, (k, sol) in zip(axes[0], enumerate(solutions), strict=False):
-        ax.plot(SECTION_T, sol(np.abs(SECTION_T)), color="C0")
-        ax.set_title(f"solution {k}: u(0) = {sol.u0:.6g}")
-        ax.set_xlabel("$x_1$ ($x_2 = 0$)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _save(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> Path:
-    """Legend, grid and title on ``ax``, then write ``fig`` to ``path`` (PNG) and close it."""
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_sections(
-    results: Sequence[RunResult], solutions: Sequence[RadialSolution], path: Path, title: str = ""
-) -> Path:
-    """The ``x2 = 0`` section of each trained network against the reference solutions."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for k, sol in enumerate(solutions):
-        ax.plot(
-            SECTION_T,
-            sol(np.abs(SECTION_T)),
-            "k--" if k == 0 else "k:",
-            lw=2,
-            label=f"reference {k} (u0 = {sol.u0:.4g})",
-        )
-    for i, r in enumerate(results):
-        ax.plot(
-            SECTION_T,
-            r.section,
-            lw=1,
-            alpha=0.8,
-            label=f"run {i}: → {r.nearest_solution}, err {r.relative_l2_error:.2g}",
-        )
-    ax.set_xlabel("$x_1$ ($x_2 = 0$)")
-    ax.set_ylabel("u")
-    return _save(plt, fig, ax, title, path)
-
-
-def plot_traces(results: Sequence[RunResult], path: Path, title: str = "") -> Path:
-    """Relative L2 error to each reference solution along each run (``trace_every``).
-
-    One panel per reference solution, one line per run; a run that commits to solution k goes
-    to zero in panel k.
-    """
-    plt = _pyplot()
-    n_sol = max((len(r.trace_errors[0]) for r in results if r.trace_errors), default=1)
-    fig, axes = plt.subplots(1, n_sol, figsize=(4.5 * n_sol, 3.8), squeeze=False, sharey=True)
-    for k, ax in enumerate(axes[0]):
-        for i, r in enumerate(results):
-            if r.trace_errors:
-                err = np.array([row[k] for row in r.trace_errors], dtype=float)
-                ax.semilogy(r.trace_steps, err, lw=1, label=f"run {i} (→ {r.nearest_solution})")
-        ax.set_xlabel("iteration")
-        ax.set_title(f"error to solution {k}")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("relative L2 error")
-    axes[0][-1].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_losses(results: Sequence[RunResult], path: Path, title: str = "") -> Path:
-    """Loss curves (eq. 19) of the runs, log scale."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, r in enumerate(results):
-        ax.semilogy(
-            r.loss_steps,
-            np.clip(r.loss_values, 1e-300, None),
-            lw=1,
-            label=f"run {i} (→ {r.nearest_solution})",
-        )
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (eq. 19)")
-    return _save(plt, fig, ax, title, path)

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecdopt.experiments import registry
+
 __all__ = [
     "DEFAULT_STORAGE",
     "SPACES",
@@ -39,31 +41,17 @@ __all__ = [
     "list_tasks",
     "make_storage",
     "mask_url",
+    "open_study",
     "run_worker",
     "study_summary",
 ]
 
 DEFAULT_STORAGE = "sqlite:///ecdopt-tune.db"
-TUNE_OPTIMIZERS = ("bbi", "ecdsep", "sgdm", "adam")
+TUNE_OPTIMIZERS = registry.OPTIMIZERS
 TRAINING_TASKS = ("digits",)
 
 # (low, high, log) per hyperparameter; ints are marked by an int ``low``.
-SPACES: dict[str, dict[str, tuple[float, float, bool]]] = {
-    "bbi": {
-        "lr": (1e-4, 0.5, True),
-        "extra_energy": (1e-3, 10.0, True),
-        "bounce_period": (10, 2000, True),
-        "n_bounces": (1, 100, True),
-    },
-    "ecdsep": {
-        "lr": (1e-4, 0.5, True),
-        "extra_energy": (1e-3, 10.0, True),
-        "chaos": (1e-6, 1e-1, True),
-        "loss_power": (1.0, 3.0, False),
-    },
-    "sgdm": {"lr": (1e-5, 0.5, True), "momentum": (0.0, 0.99, False)},
-    "adam": {"lr": (1e-5, 0.5, True)},
-}
+SPACES: dict[str, dict[str, tuple[float, float, bool]]] = registry.SEARCH_SPACES["landscape"]
 
 
 class TuneError(ValueError):
@@ -170,21 +158,10 @@ def _suggest(trial: Any, space: Mapping[str, tuple[float, float, bool]]) -> dict
 
 
 def _build_optimizer(name: str, params: Any, hyper: Mapping[str, float], **fixed: Any) -> Any:
-    import torch
-
-    from ecdopt import BBI, ECDSep
-
-    hyper = dict(hyper)
-    lr = hyper.pop("lr")
-    if name == "bbi":
-        return BBI(params, lr=lr, **hyper, **fixed)
-    if name == "ecdsep":
-        return ECDSep(params, lr=lr, **hyper, **fixed)
-    if name == "sgdm":
-        return torch.optim.SGD(params, lr=lr, **hyper)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, **hyper)
-    raise TuneError(f"unknown optimizer {name!r}; choose one of {', '.join(TUNE_OPTIMIZERS)}")
+    if name not in TUNE_OPTIMIZERS:
+        raise TuneError(f"unknown optimizer {name!r}; choose one of {', '.join(TUNE_OPTIMIZERS)}")
+    seed = fixed.pop("seed", None)
+    return registry.make_optimizer(name, params, {**hyper, **fixed}, seed=seed)
 
 
 def landscape_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
@@ -230,7 +207,7 @@ def landscape_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
 def digits_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
     """("maximize", objective) for ``digits``: test accuracy after ``cfg.epochs`` epochs."""
     from ecdopt.experiments import vision
-    from ecdopt.experiments.data import load_data
+    from ecdopt.experiments.vision.data import load_data
 
     data = load_data("digits")
     preset = vision.PRESETS["digits"]

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ecdopt._errors import CommandError
+
 
 def _add_shift(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -109,25 +111,20 @@ def add_parser(subparsers: Any) -> None:
     tr.set_defaults(func=run_train)
 
 
-def _error(message: str) -> Exception:
-    from ecdopt.cli import CommandError
-
-    return CommandError(message)
-
-
 def _preset(args: argparse.Namespace):
     from ecdopt.experiments.pde import PRESETS, shifted_preset, smoke_preset
 
     if args.preset not in PRESETS:
-        raise _error(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+        choices = ", ".join(sorted(PRESETS))
+        raise CommandError(f"unknown preset {args.preset!r}; choose from {choices}")
     preset = PRESETS[args.preset]
     if args.shift is not None:
         if not math.isfinite(args.shift):
-            raise _error("--shift must be a finite number")
+            raise CommandError("--shift must be a finite number")
         try:
             preset = shifted_preset(preset, args.shift)
         except ValueError as exc:
-            raise _error(f"--shift: {exc}") from exc
+            raise CommandError(f"--shift: {exc}") from exc
     return smoke_preset(preset) if args.smoke else preset
 
 
@@ -196,23 +193,25 @@ def run_train(args: argparse.Namespace) -> int:
 
     preset = _preset(args)
     if args.optimizer not in OPTIMIZERS:
-        raise _error(f"unknown optimizer {args.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        choices = ", ".join(OPTIMIZERS)
+        raise CommandError(f"unknown optimizer {args.optimizer!r}; choose from {choices}")
     if args.laplacian not in LAPLACIANS:
-        raise _error(f"unknown laplacian {args.laplacian!r}; choose from {', '.join(LAPLACIANS)}")
+        choices = ", ".join(LAPLACIANS)
+        raise CommandError(f"unknown laplacian {args.laplacian!r}; choose from {choices}")
     if args.runs < 1:
-        raise _error("--runs must be at least 1")
+        raise CommandError("--runs must be at least 1")
     if args.jobs < 1:
-        raise _error("--jobs must be at least 1")
+        raise CommandError("--jobs must be at least 1")
     if args.iterations is not None and args.iterations < 0:
-        raise _error("--iterations must be non-negative")
+        raise CommandError("--iterations must be non-negative")
     if args.resample_every is not None and args.resample_every < 0:
-        raise _error("--resample-every must be non-negative (0: never)")
+        raise CommandError("--resample-every must be non-negative (0: never)")
     if args.trace_every is not None and args.trace_every < 1:
-        raise _error("--trace-every must be at least 1")
+        raise CommandError("--trace-every must be at least 1")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        raise _error("--lr must be a positive number")
+        raise CommandError("--lr must be a positive number")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise _error(f"--device {args.device}: CUDA is not available")
+        raise CommandError(f"--device {args.device}: CUDA is not available")
 
     overrides = {
         key: getattr(args, key)
@@ -227,9 +226,10 @@ def run_train(args: argparse.Namespace) -> int:
     }
     bounce_keys = set(overrides) - {"extra_energy"}
     if args.optimizer in ("sgdm", "adam") and overrides:
-        raise _error(f"--{next(iter(overrides)).replace('_', '-')} applies to bbi/ecdsep only")
+        flag = next(iter(overrides)).replace("_", "-")
+        raise CommandError(f"--{flag} applies to bbi/ecdsep only")
     if args.optimizer == "ecdsep" and bounce_keys:
-        raise _error("bounce options apply to bbi only (ECDSep rotates instead)")
+        raise CommandError("bounce options apply to bbi only (ECDSep rotates instead)")
     doc = train_runs(
         preset,
         args.optimizer,

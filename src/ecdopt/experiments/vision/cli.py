@@ -5,23 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ecdopt._errors import CommandError
+from ecdopt.experiments import registry
+
 __all__ = ["add_parser", "main"]
 
 _DATASETS = ("digits", "mnist5k", "mnist", "cifar10")
-_OPTIMIZERS = ("bbi", "ecdsep", "sgdm", "adam")
 
 # option -> (type, help); the names are the library's, the paper's symbols in brackets
 _HYPER_OPTIONS: dict[str, tuple[type, str]] = {
-    "lr": (float, "learning rate / time step [Δt]"),
-    "momentum": (float, "SGD momentum [μ] (sgdm)"),
-    "extra_energy": (float, "energy above the initial loss [δE] (bbi, ecdsep)"),
-    "loss_floor": (float, "loss value treated as zero [ΔV] (bbi)"),
-    "bounce_period": (int, "steps between fixed bounces [T0] (bbi)"),
-    "n_bounces": (int, "number of fixed bounces [N_b] (bbi)"),
-    "bounce_patience": (int, "steps without progress before a bounce [T1] (bbi)"),
-    "loss_power": (float, "V = loss**η [η] (ecdsep)"),
-    "chaos": (float, "rotation strength [ν] (ecdsep)"),
-    "weight_decay": (float, "L2 weight decay"),
+    name: (spec.kind, spec.help) for name, spec in registry.HYPERPARAMETERS.items()
 }
 
 
@@ -51,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", metavar="DIR", help="folder with the MNIST IDX / CIFAR-10 binary files"
     )
-    p.add_argument("--optimizer", choices=_OPTIMIZERS, required=True)
+    p.add_argument("--optimizer", choices=registry.OPTIMIZERS, required=True)
     p.add_argument(
         "--protocol",
         choices=("runs", "grid", "optuna"),
@@ -98,10 +91,12 @@ def main(args: argparse.Namespace) -> int:
     """Run ``ecdopt train`` from parsed arguments; user errors become ``CommandError``."""
     import torch
 
-    from ecdopt.cli import CommandError
-
-    from .data import DataError
-    from .vision import ExperimentConfig, ExperimentError, run_experiment
+    from ecdopt.experiments.vision.data import DataError
+    from ecdopt.experiments.vision.training import (
+        ExperimentConfig,
+        ExperimentError,
+        run_experiment,
+    )
 
     if args.threads is not None:
         if args.threads < 1:

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ecdopt.ensemble import simulate
-from ecdopt.experiments.synthetic_tuning import Method, run_method, tune
+from ecdopt.experiments.registry import SEARCH_SPACES
+from ecdopt.experiments.synthetic.tuning import Method, run_method, tune
 from ecdopt.landscapes import ackley, make_two_basin, two_basin, zakharov
 from ecdopt.theory import (
     basin_log_volume,
@@ -80,6 +81,7 @@ class AckleyConfig:
 
 def ackley_methods() -> dict[str, Method]:
     """BBI (δE = 2, T0 = 20, N_b = 4, T1 = 100, ΔV = 1e-4; tune Δt) and the baselines."""
+    space = SEARCH_SPACES["ackley"]
     return {
         "bbi": Method(
             "bbi",
@@ -91,10 +93,10 @@ def ackley_methods() -> dict[str, Method]:
                 n_bounces=4,
                 bounce_patience=100,
             ),
-            {"lr": (1e-6, 1e-2, True)},
+            space["bbi"],
         ),
-        "sgdm": Method("sgdm", "sgd", {}, {"lr": (1e-4, 0.5, True), "momentum": (0.0, 1.0, False)}),
-        "adam": Method("adam", "adam", {}, {"lr": (1e-4, 0.5, True)}),
+        "sgdm": Method("sgdm", "sgd", {}, space["sgdm"]),
+        "adam": Method("adam", "adam", {}, space["adam"]),
         "ecdsep": Method(
             "ecdsep",
             "ecd",
@@ -106,7 +108,7 @@ def ackley_methods() -> dict[str, Method]:
                 bounce_period=None,
                 bounce_patience=None,
             ),
-            {"lr": (1e-5, 1e-1, True), "loss_power": (0.5, 2.0, False)},
+            space["ecdsep"],
         ),
     }
 
@@ -215,17 +217,17 @@ class ZakharovConfig:
 
 def zakharov_methods() -> dict[str, Method]:
     """BBI (δE = 0, bounces off, ΔV = 1e-22; Δt ∈ [1e-6, 1e-2]) and the baselines."""
-    gdm_space = {"lr": (1e-10, 0.5, True), "momentum": (0.0, 1.0, False)}
+    space = SEARCH_SPACES["zakharov"]
     return {
         "bbi": Method(
             "bbi",
             "ecd",
             dict(extra_energy=0.0, loss_floor=1e-22, bounce_period=None, bounce_patience=None),
-            {"lr": (1e-6, 1e-2, True)},
+            space["bbi"],
         ),
-        "sgdm": Method("sgdm", "sgd", {}, gdm_space),
-        "sgdm_narrow": Method("sgdm_narrow", "sgd", {}, {**gdm_space, "lr": (1e-10, 1e-5, True)}),
-        "adam": Method("adam", "adam", {}, {"lr": (1e-6, 1.0, True)}),
+        "sgdm": Method("sgdm", "sgd", {}, space["sgdm"]),
+        "sgdm_narrow": Method("sgdm_narrow", "sgd", {}, space["sgdm_narrow"]),
+        "adam": Method("adam", "adam", {}, space["adam"]),
         "ecdsep": Method(
             "ecdsep",
             "ecd",
@@ -236,7 +238,7 @@ def zakharov_methods() -> dict[str, Method]:
                 bounce_period=None,
                 bounce_patience=None,
             ),
-            {"lr": (1e-6, 1e-1, True), "loss_power": (0.5, 2.0, False)},
+            space["ecdsep"],
         ),
     }
 

@@ -1,4 +1,4 @@
-"""``ecdopt tune``: a worker of a shared Optuna sweep (see :mod:`ecdopt.experiments.tune`).
+"""``ecdopt tune``: a worker of a shared Optuna sweep (see :mod:`ecdopt.experiments.tune.study`).
 
 ecdopt tune TASK --optimizer NAME --trials N --storage URL --study NAME
             [--sampler tpe|random] [--seed S] [--show] [--steps K] [--dim D] [--epochs E]
@@ -16,10 +16,12 @@ import os
 import sys
 from typing import Any
 
+from ecdopt._errors import CommandError
+
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``tune`` sub-command."""
-    from ecdopt.experiments.tune import DEFAULT_STORAGE, TUNE_OPTIMIZERS
+    from ecdopt.experiments.tune.study import DEFAULT_STORAGE, TUNE_OPTIMIZERS
 
     p = subparsers.add_parser(
         "tune",
@@ -81,8 +83,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one worker from parsed arguments; user errors become ``CommandError``."""
-    from ecdopt.cli import CommandError
-    from ecdopt.experiments.tune import (
+    from ecdopt.experiments.tune.study import (
         DEFAULT_STORAGE,
         TuneConfig,
         TuneError,

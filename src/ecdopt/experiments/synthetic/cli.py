@@ -12,8 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ecdopt.cli import CommandError
-from ecdopt.experiments.synthetic_protocols import (
+from ecdopt._errors import CommandError
+from ecdopt.experiments.synthetic.protocols import (
     AckleyConfig,
     BasinsConfig,
     ZakharovConfig,
@@ -75,7 +75,7 @@ def run_ackley(args: argparse.Namespace) -> dict:
     with _bar(total, "ackley", args.progress) as bar:
         summary, extras = ackley_protocol(cfg, bar.update, record_curves=args.out is not None)
     if args.out is not None:
-        from ecdopt.experiments.synthetic_plots import plot_ackley
+        from ecdopt.experiments.synthetic.plots import plot_ackley
 
         summary["plots"] = [str(p) for p in plot_ackley(summary, extras, Path(args.out))]
     return summary
@@ -98,7 +98,7 @@ def run_zakharov(args: argparse.Namespace) -> dict:
     with _bar(total, "zakharov", args.progress) as bar:
         summary, extras = zakharov_protocol(cfg, bar.update)
     if args.out is not None:
-        from ecdopt.experiments.synthetic_plots import plot_zakharov
+        from ecdopt.experiments.synthetic.plots import plot_zakharov
 
         summary["plots"] = [str(p) for p in plot_zakharov(summary, extras, Path(args.out))]
     return summary
@@ -133,7 +133,7 @@ def run_basins(args: argparse.Namespace) -> dict:
     with _bar(len(dirs) * (cfg.steps + occ), "basins", args.progress) as bar:
         summary, extras = basins_protocol(cfg, dirs, bar.update)
     if args.out is not None:
-        from ecdopt.experiments.synthetic_plots import plot_basins
+        from ecdopt.experiments.synthetic.plots import plot_basins
 
         summary["plots"] = [str(p) for p in plot_basins(summary, extras, Path(args.out))]
     return summary

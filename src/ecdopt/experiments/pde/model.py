@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ecdopt.experiments.pde_problem import RadialProblem
+from ecdopt.experiments.pde.problem import RadialProblem
 
 Tensor = torch.Tensor
 
