@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ecdopt.ensemble import simulate, simulate_adam, simulate_sgd
-from ecdopt.hamiltonians import get_hamiltonian
 from ecdopt.landscapes import ackley, rosenbrock, two_basin, zakharov
+from ecdopt.reference import algorithm1
 
 F64 = torch.float64
 
@@ -17,38 +17,6 @@ F64 = torch.float64
 def _starts(m: int, n: int, seed: int, scale: float = 2.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(m, n, generator=g, dtype=F64) * 2 - 1) * scale
-
-
-def _literal_ecd(
-    fn, theta0, steps, *, lr, hamiltonian="born_infeld", floor=0.0, extra=0.0, power=1.0, tol=1e-10
-):
-    """Algorithm 1 without bounces, one particle, written out literally in Python floats."""
-    h = get_hamiltonian(hamiltonian)
-    theta = theta0.clone()
-    pi = None
-    energy = None
-    for _ in range(steps):
-        x = theta.clone().requires_grad_(True)
-        f = fn(x[None])[0]
-        (g,) = torch.autograd.grad(f, x)
-        fe = float(f.detach()) - floor
-        if fe <= 1e-40:
-            break
-        v = fe**power
-        gv = power * fe ** (power - 1) * g
-        if pi is None:
-            energy = float(h.initial_energy(torch.tensor(v, dtype=F64), extra))
-            target = float(h.target_momentum_sq(torch.tensor(energy), torch.tensor(v)))
-            pi = -gv / gv.norm() * math.sqrt(max(target, 0.0))
-        e_t, v_t = torch.tensor(energy, dtype=F64), torch.tensor(v, dtype=F64)
-        target = float(h.target_momentum_sq(e_t, v_t))
-        p2 = float((pi * pi).sum())
-        if not (abs(p2 - target) < tol or target < 0 or p2 <= 0):
-            pi = pi * math.sqrt(target / p2)
-        pi = pi - lr * float(h.kick_factor(e_t, v_t)) * gv
-        d = float(h.drift_factor(e_t, v_t, (pi * pi).sum()))
-        theta = theta + lr * d * pi
-    return theta
 
 
 @pytest.mark.parametrize(
@@ -60,32 +28,34 @@ def _literal_ecd(
         (rosenbrock, 3, {"lr": 1e-3, "hamiltonian": "separable", "power": 1.5, "extra": 0.3}),
     ],
 )
-def test_ensemble_matches_literal_loop(fn, n, kw) -> None:
+def test_ensemble_matches_algorithm1(fn, n, kw) -> None:
+    """Each particle of the ensemble is the literal Algorithm 1 (``ecdopt.reference``)."""
     theta0 = _starts(3, n, seed=n)
+    hamiltonian = kw.get("hamiltonian", "born_infeld")
+    floor, extra, power = kw.get("floor", 0.0), kw.get("extra", 0.0), kw.get("power", 1.0)
     res = simulate(
         fn,
         theta0,
         300,
-        hamiltonian=kw.get("hamiltonian", "born_infeld"),
+        hamiltonian=hamiltonian,
         lr=kw["lr"],
-        loss_floor=kw.get("floor", 0.0),
-        extra_energy=kw.get("extra", 0.0),
-        loss_power=kw.get("power", 1.0),
+        loss_floor=floor,
+        extra_energy=extra,
+        loss_power=power,
         bounce_period=None,
         bounce_patience=None,
     )
     for m in range(3):
-        ref = _literal_ecd(
-            fn,
-            theta0[m],
+        ref = algorithm1(
+            lambda ps, fn=fn: fn(ps[0][None])[0],
+            [{"params": [theta0[m]], "lr": kw["lr"]}],
             300,
-            lr=kw["lr"],
-            hamiltonian=kw.get("hamiltonian", "born_infeld"),
-            floor=kw.get("floor", 0.0),
-            extra=kw.get("extra", 0.0),
-            power=kw.get("power", 1.0),
+            hamiltonian=hamiltonian,
+            delta_V=floor,
+            delta_E=extra,
+            eta=power,
         )
-        torch.testing.assert_close(res.theta[m], ref, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(res.theta[m], ref.thetas[-1][0], rtol=1e-9, atol=1e-12)
 
 
 def _run_optimizer(cls, fn, theta0, steps, **kw):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -140,6 +140,55 @@ def test_fuzz_no_nan_written_and_energy_restored(
             if moved:
                 prev_pi2 = d["momentum_sq"]
                 assert math.isfinite(prev_pi2)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(
+    hamiltonian=st.sampled_from(["born_infeld", "inverse_mass", "separable", "unit_speed"]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    log_lr=st.floats(-12.0, 30.0),
+    log_extra=st.one_of(st.just(None), st.floats(-3.0, 100.0)),
+    log_decay=st.one_of(st.just(None), st.floats(-6.0, 100.0)),
+    log_losses=st.lists(st.floats(-320.0, 38.0), min_size=2, max_size=8),
+    scale=st.floats(-30.0, 30.0),
+    stop_tol=st.sampled_from([0.0, 1e-40]),
+    sync_free=st.booleans(),
+)
+def test_fuzz_extreme_numbers_never_write_non_finite_values(
+    hamiltonian, dtype, log_lr, log_extra, log_decay, log_losses, scale, stop_tol, sync_free
+):
+    """Losses from denormal to 1e38 in any order, Δt up to 1e30, δE and λ up to 1e100, params
+    up to 1e30, 16-bit to 64-bit: no exception, nothing non-finite written, finite scalars."""
+    theta = nn.Parameter((torch.tensor([0.5, -1.0, 2.0]) * 10.0**scale).to(dtype))
+    assume(bool(torch.isfinite(theta).all()))
+    opt = ECD(
+        [theta],
+        lr=10.0**log_lr,
+        hamiltonian=hamiltonian,
+        extra_energy=0.0 if log_extra is None else 10.0**log_extra,
+        weight_decay=0.0 if log_decay is None else 10.0**log_decay,
+        stop_tol=stop_tol,
+        loss_floor=-1e-300,  # below every loss (>= 0): V is never <= 0, can be denormal
+        bounce_period=2,
+        n_bounces=3,
+        chaos=0.1,
+        sync_free=sync_free,
+        seed=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteLossWarning)
+        for log_loss in log_losses:
+            opt.zero_grad()
+            value = 10.0**log_loss
+            loss = value * (1.0 + (theta.float() / (1.0 + theta.float().abs())).square().sum())
+            loss.backward()
+            opt.step(loss=loss)
+            assert torch.isfinite(theta).all()
+            assert torch.isfinite(opt.state[theta]["momentum"]).all()
+    d = opt.diagnostics()
+    assert d["steps"] + d["skipped"] <= len(log_losses)
+    if d["steps"]:
+        assert math.isfinite(d["energy"]) and math.isfinite(d["momentum_sq"]), d
 
 
 def test_potential_overflow_of_a_finite_loss_is_a_skipped_step():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import ecdopt
-from ecdopt import BBI, ECD, ECDSep, MissingLossError, NonFiniteLossWarning
+from ecdopt import BBI, ECD, ECDSep, MissingLossError, NonFiniteLossWarning, UnitSpeedECD
 from ecdopt.reference import algorithm1
 
 F64 = torch.float64
@@ -62,6 +62,18 @@ OPTIMIZERS = [
         ECDSep,
         {"chaos": 1e-3, "extra_energy": 1.0},
         {"hamiltonian": "separable", "nu": 1e-3, "delta_E": 1.0},
+    ),
+    OptimizerInfo(
+        "unit_speed",
+        UnitSpeedECD,
+        {"chaos": 0.0},
+        {"hamiltonian": "unit_speed", "T0": None, "T1": None},
+    ),
+    OptimizerInfo(
+        "unit_speed_rotation",
+        UnitSpeedECD,
+        {"chaos": 0.05},
+        {"hamiltonian": "unit_speed", "nu": 0.05, "T0": None, "T1": None},
     ),
     OptimizerInfo(
         "separable_eta",

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from ecdopt import BBI, ECD, ECDSep
+from ecdopt import BBI, ECD, ECDSep, UnitSpeedECD
 
 F64 = torch.float64
 
@@ -58,6 +58,10 @@ CASES = {
         {"loss_floor": 1.0, "bounce_period": 4, "n_bounces": 2, "weight_decay": 0.01},
     ),
     "ecdsep": (ECDSep, {"chaos": 0.01, "loss_power": 1.5, "extra_energy": 0.5}),
+    "unit_speed": (
+        UnitSpeedECD,
+        {"chaos": 0.2, "loss_power": 2.0, "bounce_period": 7, "n_bounces": 4, "weight_decay": 0.01},
+    ),
     "inverse_mass": (
         ECD,
         {

@@ -190,6 +190,12 @@ class ECDConfig:
             return bool((self.chaos > 0).any())
         return self.chaos > 0
 
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any], **extra: Any) -> ECDConfig:
+        """The config of a call's arguments (``locals()``): the fields found among them."""
+        names = [f.name for f in fields(cls) if f.name in arguments]
+        return cls(**{name: arguments[name] for name in names}, **extra)
+
     def as_dict(self) -> dict[str, Any]:
         """The fields as plain values (for ``state_dict()`` and result files)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -135,7 +135,7 @@ class Group:
 
 @dataclass
 class Particle:
-    """All param groups of an optimizer: one particle (design of the whole library)."""
+    """All param groups of an optimizer: one particle (the library's central choice)."""
 
     groups: list[Group]
     device: torch.device
@@ -185,7 +185,7 @@ def decide(
     floor: Any,
     best: Any,
 ) -> Decision:
-    """The decisions of one step (design steps 1 and 8; the paper's adaptive ΔV, §3.3)."""
+    """The decisions of one step (steps 1-2 above; the paper's adaptive ΔV, §3.3)."""
     finite = isfinite(objective) & isfinite(grad_sq)
     below_floor = (objective - floor <= 0) & finite
     if config.adapt_floor:
@@ -220,7 +220,7 @@ def coefficients(
     momentum_sq: Any,
     dim: int,
 ) -> Coefficients:
-    """α, k and D of this step from E, V, F_eff and Π² (Algorithm 1; design table)."""
+    """α, k and D of this step from E, V, F_eff and Π² (Algorithm 1 and its generalisations)."""
     rescale = 1.0
     if config.conserve_energy:
         target = hamiltonian.target_momentum_sq(energy, potential)
@@ -299,12 +299,9 @@ def host_step(
 ) -> None:
     """One step with Python-float scalars (see the module docstring)."""
     loss_f, grad_sq, theta_sqs = _host_sums(particle, loss)
-    decayed = [g for g in particle.groups if g.weight_decay != 0.0]
-    objective = loss_f + sum(
-        0.5 * g.weight_decay * t for g, t in zip(decayed, theta_sqs, strict=True)
-    )
     floor = state["loss_floor"] if state["loss_floor"] is not None else config.loss_floor
     best = state["best_objective"] if state["best_objective"] is not None else math.inf
+    objective = _objective(particle, loss_f, theta_sqs)
     d = decide(
         config=config,
         hamiltonian=hamiltonian,
@@ -330,7 +327,36 @@ def host_step(
         energy = hamiltonian.initial_energy(d.potential, config.extra_energy)
     target = hamiltonian.target_momentum_sq(energy, d.potential)
     momentum_sq = max(target, 0.0) if first else state["momentum_sq"]
-    c = coefficients(
+    c = _coefficients(config, hamiltonian, particle, energy, d, momentum_sq)
+    safe = _is_safe(particle, hamiltonian, c, grad_sq, theta_sqs, momentum_sq)
+    if not (safe and math.isfinite(energy)):
+        return _skip(state, "the update would write a non-finite value (it overflows)")
+    state["loss_floor"], state["potential"] = d.floor, d.potential
+    if first:  # Π0, then α from the Π² it really has
+        _initialize(particle, state, energy, target, draw)
+        c = _coefficients(config, hamiltonian, particle, energy, d, state["momentum_sq"])
+    _host_update(particle, state, config, hamiltonian, energy, d, c, draw, fused)
+    return None
+
+
+def _objective(particle: Particle, loss: Any, theta_sqs: list[Any]) -> Any:
+    """F + Σ_groups ½λ_g|Θ_g|² (the loss the particle minimises, before the floor)."""
+    decayed = [g for g in particle.groups if g.weight_decay != 0.0]
+    objective = loss
+    for group, theta_sq in zip(decayed, theta_sqs, strict=True):
+        objective = objective + 0.5 * group.weight_decay * theta_sq
+    return objective
+
+
+def _coefficients(
+    config: ECDConfig,
+    hamiltonian: Hamiltonian,
+    particle: Particle,
+    energy: Any,
+    d: Decision,
+    momentum_sq: Any,
+) -> Coefficients:
+    return coefficients(
         config=config,
         hamiltonian=hamiltonian,
         energy=energy,
@@ -339,17 +365,28 @@ def host_step(
         momentum_sq=momentum_sq,
         dim=particle.dim,
     )
-    force_norm = math.sqrt(grad_sq) + sum(
-        g.weight_decay * math.sqrt(t) for g, t in zip(decayed, theta_sqs, strict=True)
-    )
-    lr = max(float(g.lr) for g in particle.groups)
-    rescale_bound = c.rescale
-    if hamiltonian.projects_force:
-        rescale_bound = projected_rescale(
-            c.rescale, lr * c.kick, math.sqrt(momentum_sq) * force_norm
-        )
-    safe = update_is_safe(
-        rescale=rescale_bound,
+
+
+def _is_safe(
+    particle: Particle,
+    hamiltonian: Hamiltonian,
+    c: Coefficients,
+    grad_sq: Any,
+    theta_sqs: list[Any],
+    momentum_sq: Any,
+) -> Any:
+    """:func:`update_is_safe` for this particle: |G| ≤ |∇F| + Σ λ_g|Θ_g|, the largest Δt and
+    λ over the groups, and (unit speed) the largest factor the projection can give Π."""
+    decayed = [g for g in particle.groups if g.weight_decay != 0.0]
+    force_norm = sqrt(grad_sq)
+    for group, theta_sq in zip(decayed, theta_sqs, strict=True):
+        force_norm = force_norm + group.weight_decay * sqrt(theta_sq)
+    lr = _largest([g.lr for g in particle.groups], particle.device)
+    rescale = c.rescale
+    if hamiltonian.projects_force:  # |Π·G| ≤ |Π||G|
+        rescale = projected_rescale(c.rescale, lr * c.kick, sqrt(momentum_sq) * force_norm)
+    return update_is_safe(
+        rescale=rescale,
         kick=c.kick,
         drift_bound=c.drift_bound,
         momentum_sq=momentum_sq,
@@ -358,33 +395,18 @@ def host_step(
         weight_decay=max(g.weight_decay for g in particle.groups),
         limits=particle.limits(),
     )
-    if not (safe and math.isfinite(energy)):
-        return _skip(state, "the update would write a non-finite value (it overflows)")
-    state["loss_floor"], state["potential"] = d.floor, d.potential
-    if first:  # Π0, then α from the Π² it really has
-        _initialize(particle, state, energy, target, draw)
-        c = coefficients(
-            config=config,
-            hamiltonian=hamiltonian,
-            energy=energy,
-            potential=d.potential,
-            effective=d.effective,
-            momentum_sq=state["momentum_sq"],
-            dim=particle.dim,
-        )
-    _host_update(particle, state, config, hamiltonian, energy, d, c, draw, fused)
-    return None
 
 
 def _initial_direction(particle: Particle, draw: Draw) -> tuple[list[Tensor], float]:
     """−G/|G| (G = ∇F + λΘ, the direction of −∇V) or, for a zero gradient, a random direction;
     returns the unnormalised direction and its norm."""
     directions = []
+    largest_decay = max(1.0, *(g.weight_decay for g in particle.groups))
     for group in particle.groups:
         for p, g, m in zip(group.params, group.grads, group.momenta, strict=True):
-            d = g.to(m.dtype)
+            d = g.to(m.dtype) / largest_decay  # scaled so that λ·Θ cannot overflow
             if group.weight_decay != 0.0:
-                d = d + group.weight_decay * p.to(d.dtype)
+                d = d + (group.weight_decay / largest_decay) * p.to(d.dtype)
             directions.append(-d)
     norm_sq = host_sum_of_squares(directions, particle.device)
     if not norm_sq > 0:
@@ -457,17 +479,17 @@ def _group_rescales(
     """α per group: the restoration factor, times the projection of the kick (unit speed)."""
     if not hamiltonian.projects_force:
         return [c.rescale] * len(particle.groups)
-    pairs = [(g.momenta, g.grads) for g in particle.groups]
-    pairs += [
-        (g.momenta, [p * g.weight_decay for p in g.params])
-        for g in particle.groups
-        if g.weight_decay != 0.0
+
+    def dot(a: list[Tensor], b: list[Tensor]) -> Any:
+        return host_dot_sum(a, b) if host else dot_sum(a, b, particle.device)
+
+    momentum_dot_force = sum(dot(g.momenta, g.grads) for g in particle.groups)  # Π·G
+    for g in particle.groups:
+        if g.weight_decay != 0.0:  # + λ·(Π·Θ), G = ∇F + λΘ
+            momentum_dot_force = momentum_dot_force + g.weight_decay * dot(g.momenta, g.params)
+    return [
+        projected_rescale(c.rescale, g.lr * c.kick, momentum_dot_force) for g in particle.groups
     ]
-    if host:
-        dot = sum(host_dot_sum(a, b) for a, b in pairs)
-    else:
-        dot = sum(dot_sum(a, b, particle.device) for a, b in pairs)
-    return [projected_rescale(c.rescale, g.lr * c.kick, dot) for g in particle.groups]
 
 
 def _kick_and_drift(
@@ -576,10 +598,7 @@ def device_step(
     """One step with every decision a device mask (see the module docstring). Runs after a
     first :func:`host_step` (which initialises E and Π) and reads no device value."""
     loss_value, grad_sq, theta_sqs = _device_sums(particle, loss)
-    decayed = [g for g in particle.groups if g.weight_decay != 0.0]
-    objective = loss_value
-    for group, theta_sq in zip(decayed, theta_sqs, strict=True):
-        objective = objective + 0.5 * group.weight_decay * theta_sq
+    objective = _objective(particle, loss_value, theta_sqs)
     d = decide(
         config=config,
         hamiltonian=hamiltonian,
@@ -589,38 +608,12 @@ def device_step(
         best=state["best_objective"],
     )
     energy = state["energy"]
-    if config.adapt_floor:
-        energy = where(
-            d.below_floor, hamiltonian.initial_energy(d.potential, config.extra_energy), energy
-        )
-    c = coefficients(
-        config=config,
-        hamiltonian=hamiltonian,
-        energy=energy,
-        potential=d.potential,
-        effective=d.effective,
-        momentum_sq=state["momentum_sq"],
-        dim=particle.dim,
-    )
-    force_norm = sqrt(grad_sq)
-    for group, theta_sq in zip(decayed, theta_sqs, strict=True):
-        force_norm = force_norm + group.weight_decay * sqrt(theta_sq)
-    lr = _largest([g.lr for g in particle.groups], particle.device)
-    rescale_bound = c.rescale
-    if hamiltonian.projects_force:
-        rescale_bound = projected_rescale(
-            c.rescale, lr * c.kick, sqrt(state["momentum_sq"]) * force_norm
-        )
-    safe = update_is_safe(
-        rescale=rescale_bound,
-        kick=c.kick,
-        drift_bound=c.drift_bound,
-        momentum_sq=state["momentum_sq"],
-        force_norm=force_norm,
-        lr=lr,
-        weight_decay=max(g.weight_decay for g in particle.groups),
-        limits=particle.limits(),
-    ) & isfinite(energy)
+    if config.adapt_floor:  # a moved floor restarts E = E(V', δE)
+        restart = hamiltonian.initial_energy(d.potential, config.extra_energy)
+        energy = where(d.below_floor, restart, energy)
+    c = _coefficients(config, hamiltonian, particle, energy, d, state["momentum_sq"])
+    safe = _is_safe(particle, hamiltonian, c, grad_sq, theta_sqs, state["momentum_sq"])
+    safe = safe & isfinite(energy)
     refused = d.moving & ~safe
     moving = d.moving & safe
     for g in particle.grads:  # a non-finite gradient must not reach Π or Θ (the step is masked)

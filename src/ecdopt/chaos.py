@@ -12,7 +12,7 @@ Rotation (ECDSep): every step Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ, ξ ~
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -183,17 +183,13 @@ def keyed_rows(
     return xi
 
 
-def _global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """Euclidean norm of the concatenation of ``tensors``, in float64."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64)
-    norms = torch._foreach_norm(list(tensors))
-    return torch.linalg.vector_norm(torch.stack([n.double() for n in norms]))
+def _norm(tensors: Sequence[Tensor], device: torch.device, host: bool) -> Any:
+    """|x| over all ``tensors`` (float64 sums, overflow-free): a float on the host path."""
+    from ._kernels import host_sum_of_squares, sum_of_squares
 
-
-def _assign_(momenta: Sequence[Tensor], new: Sequence[Tensor], mask: Tensor | None) -> None:
-    for m, n in zip(momenta, new, strict=True):
-        m.copy_(n if mask is None else torch.where(mask.to(m.device), n, m))
+    if host:
+        return host_sum_of_squares(tensors, device) ** 0.5
+    return sum_of_squares(tensors, device).sqrt()
 
 
 def bounce_(momenta: Sequence[Tensor], xi: Sequence[Tensor], mask: Tensor | None = None) -> None:
@@ -201,14 +197,22 @@ def bounce_(momenta: Sequence[Tensor], xi: Sequence[Tensor], mask: Tensor | None
 
     ``mask`` (a 0-dim bool tensor) keeps Π unchanged where False, without a host sync.
     """
-    scale = _global_norm(momenta) / _global_norm(xi)
-    _assign_(momenta, [x * scale.to(x.device, x.dtype) for x in xi], mask)
+    if not momenta:
+        return
+    device, host = momenta[0].device, mask is None
+    scale = _norm(momenta, device, host) / _norm(xi, device, host)
+    for m, x in zip(momenta, xi, strict=True):
+        if host:
+            m.copy_(x).mul_(scale)
+        else:
+            new = x * scale.to(x.device, x.dtype)
+            m.copy_(torch.where(mask.to(m.device), new, m))
 
 
 def rotate_(
     momenta: Sequence[Tensor],
     xi: Sequence[Tensor],
-    chaos: float | Tensor,
+    chaos: float,
     mask: Tensor | None = None,
     *,
     momentum_sq: float | None = None,
@@ -216,42 +220,43 @@ def rotate_(
     """ECDSep rotation, in place: Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ (ν = ``chaos``).
 
     Keeps |Π|; leaves Π = 0 unchanged. ``mask`` as in :func:`bounce_`. Computed as
-    Π ← |Π|·w/|w| with w = Π + ν|Π|·ξ (= |Π|·u): three in-place passes over the model (add ξ,
-    |w|², rescale) and no temporaries; ``xi`` is used as scratch (it is scaled in place when
-    ``chaos`` or ``mask`` is a tensor). ``momentum_sq``: Π² when the caller already summed it
-    exactly on the host (plain CPU tensors), to save that pass.
+    Π ← |Π|·w/|w| with w = a·Π + b·ξ ∝ u, where a = 1 and b = ν|Π| for ν ≤ 1, a = 1/ν and
+    b = |Π| above (so that w cannot overflow): in-place passes over the model (add ξ, |w|²,
+    rescale) and no temporaries; ``xi`` is used as scratch. ``momentum_sq``: Π² when the caller
+    already summed it exactly on the host (plain CPU tensors), to save that pass.
     """
-    from ._kernels import host_sum_of_squares, is_plain_cpu, sum_of_squares
+    from ._kernels import host_sum_of_squares, is_plain_cpu
 
     if not momenta:
         return
-    device = momenta[0].device
-    host = (
-        mask is None
-        and not isinstance(chaos, Tensor)
-        and all(is_plain_cpu(t) for t in momenta)
-        and all(is_plain_cpu(t) for t in xi)
-    )
-    if host:  # plain CPU tensors: scalars as Python floats, exact host sums, no tensor math
+    nu, momenta, device = float(chaos), list(momenta), momenta[0].device
+    shrink = 1.0 / nu if nu > 1.0 else 1.0
+    host = mask is None and all(is_plain_cpu(t) for t in (*momenta, *xi))
+    if host:  # plain CPU tensors: scalars as Python floats, exact host sums
         norm_sq = (
             host_sum_of_squares(momenta, device, plain=True) if momentum_sq is None else momentum_sq
         )
         if not norm_sq > 0:
             return
-        torch._foreach_add_(list(momenta), list(xi), alpha=float(chaos) * norm_sq**0.5)
+        if shrink != 1.0:
+            torch._foreach_mul_(momenta, shrink)
+        torch._foreach_add_(momenta, list(xi), alpha=nu * shrink * norm_sq**0.5)
         new_sq = host_sum_of_squares(momenta, device, plain=True)
         if new_sq > 0:
-            torch._foreach_mul_(list(momenta), (norm_sq / new_sq) ** 0.5)
+            torch._foreach_mul_(momenta, (norm_sq / new_sq) ** 0.5)
         return
-    norm = sum_of_squares(momenta, device).sqrt()
-    step = chaos * norm
+    norm = _norm(momenta, device, host=False)
+    step = (nu * shrink) * norm
     if mask is not None:
         step = torch.where(mask.to(device), step, torch.zeros_like(step))
-    for x in xi:
-        x.mul_(step.to(x.device, x.dtype))
+    if shrink != 1.0:
+        factor = shrink
+        if mask is not None:
+            factor = torch.where(mask.to(device), norm.new_tensor(shrink), norm.new_tensor(1.0))
+        torch._foreach_mul_(momenta, factor)
     for m, x in zip(momenta, xi, strict=True):
-        m.add_(x)
-    new_norm = sum_of_squares(momenta, device).sqrt()
+        m.add_(x.mul_(step.to(x.device, x.dtype)))
+    new_norm = _norm(momenta, device, host=False)
     scale = torch.where(new_norm > 0, norm / new_norm, torch.ones_like(norm))
     for m in momenta:
         m.mul_(scale.to(m.device, m.dtype))

@@ -1,12 +1,12 @@
 """Many independent particles at once: batched ECD (and GDM/Adam baselines) on a landscape.
 
 An ensemble is M particles Θ_m ∈ ℝⁿ, held as one ``[M, n]`` tensor, each with its own energy E,
-momentum Π, bounce counters (c0, c1, n_b) and best V. One call of ``potential`` (``[M, n] → [M]``)
-and one backward pass give every particle's loss F and gradient ∇F, and each step of the update
-(design.md §1, the paper's Algorithm 1 with eqs. 11-14) is a handful of elementwise tensor
-operations. Particle m follows exactly the trajectory the single-particle optimizer
-(:class:`ecdopt.ECD`) would give it from Θ_m (up to the random bounce directions, which come from
-one shared generator).
+momentum Π, bounce counters (c0, c1, n_b), best value and random key. One call of ``potential``
+(``[M, n] → [M]``) and one backward pass give every particle's loss F and gradient ∇F; the step
+(the paper's Algorithm 1, eqs. 11-14, and its family) takes its scalars from the same functions
+as the optimizer (:func:`ecdopt._step.decide`, :func:`ecdopt._step.coefficients`) and its random
+directions from the same keyed draws, so particle m follows exactly (to rounding) the trajectory
+of ``ECD([Θ_m], ..., seed=seeds[m])`` — bounces, rotations and floor adaptation included.
 
 Per-particle hyperparameters (``lr`` = Δt, ``loss_floor`` = ΔV, ``extra_energy`` = δE,
 ``loss_power`` = η, ``chaos`` = ν) may be ``[M]`` tensors: one Optuna trial per particle.
@@ -490,24 +490,7 @@ def simulate(
     """
     _check(theta0, steps)
     m = theta0.shape[0]
-    config = ECDConfig(
-        hamiltonian=hamiltonian,
-        loss_power=loss_power,
-        loss_floor=loss_floor,
-        extra_energy=extra_energy,
-        bounce_period=bounce_period,
-        n_bounces=n_bounces,
-        bounce_patience=bounce_patience,
-        chaos=chaos,
-        kinetic_offset=kinetic_offset,
-        conserve_energy=conserve_energy,
-        energy_tol=energy_tol,
-        stop_tol=stop_tol,
-        adapt_floor=adapt_floor,
-        bounce_direction=bounce_direction,
-        off_shell=off_shell,
-        per_particle=True,
-    )
+    config = ECDConfig.from_arguments(locals(), per_particle=True)
     check_number("lr", lr, positive=True, meaning="the time step Δt", tensor_ok=True)
     wd = check_number("weight_decay", weight_decay, minimum=0.0, meaning="λ")
     stepper = _ECDStepper(theta0, config, lr, wd, _seeds(seed, seeds, m))

@@ -112,7 +112,7 @@ class Hamiltonian(Protocol):
 
 @dataclass(frozen=True)
 class _PowerPotential:
-    """V = F_eff**η with K·dV/dF_eff as the force (the paper's transform g, design table)."""
+    """V = F_eff**η with K·dV/dF_eff as the force (the paper's transform g)."""
 
     loss_power: Any = 1.0
     projects_force = False

@@ -121,23 +121,7 @@ class ECD(torch.optim.Optimizer):
         process_group: Any = None,
         reduce_loss: bool | None = None,
     ) -> None:
-        self.config = ECDConfig(
-            hamiltonian=hamiltonian,
-            loss_power=loss_power,
-            loss_floor=loss_floor,
-            extra_energy=extra_energy,
-            bounce_period=bounce_period,
-            n_bounces=n_bounces,
-            bounce_patience=bounce_patience,
-            chaos=chaos,
-            kinetic_offset=kinetic_offset,
-            conserve_energy=conserve_energy,
-            energy_tol=energy_tol,
-            stop_tol=stop_tol,
-            adapt_floor=adapt_floor,
-            bounce_direction=bounce_direction,
-            off_shell=off_shell,
-        )
+        self.config = ECDConfig.from_arguments(locals())
         for name, value in (
             ("foreach", foreach),
             ("fused", fused),
