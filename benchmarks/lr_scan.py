@@ -95,8 +95,8 @@ def _seeded(factory: Callable[[], nn.Module]) -> Callable[[int], nn.Module]:
 
 def digits_task() -> Task:
     """The digits CNN on scikit-learn's digits (the `ecdopt train digits` data and model)."""
-    from ecdopt.experiments.data import load_digits
-    from ecdopt.experiments.models import DigitsCNN
+    from ecdopt.experiments.vision.data import load_digits
+    from ecdopt.experiments.vision.models import DigitsCNN
 
     data = load_digits()
     xtr, ytr = data.transform(data.train_x, None), data.train_y
