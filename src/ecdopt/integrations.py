@@ -1,25 +1,24 @@
 """Getting the loss to an ECD optimizer in training frameworks (docs/integrations.md).
 
-ECD needs the loss value at every step (it defines V). Three kinds of loops:
+ECD needs the loss value F at every step: it defines the potential V = (F − F0)**η. The one form
+that works in every loop is ``optimizer.step(lambda: loss)`` after ``loss.backward()`` (plain
+loops, Lightning manual optimization, ``accelerate``'s wrapped optimizer, which drops ``loss=``).
+Lightning's automatic optimization passes its own closure: nothing to do.
 
-- a closure (``optimizer.step(closure)``): PyTorch Lightning's automatic optimization, and any
-  loop written that way — nothing to do;
-- ``loss.backward(); optimizer.step(loss=loss)``: plain loops — nothing to do;
-- loops that call ``optimizer.step()`` with **no arguments** (Hugging Face ``Trainer``,
-  ``accelerate``, many research codebases): use :class:`LossRecorder`. It is attached to the
-  optimizer and is told the loss by one of
+Loops that call ``optimizer.step()`` with **no argument** (Hugging Face ``Trainer``, a
+``GradScaler``, many research codebases), and gradient accumulation in any framework, use
+:class:`LossRecorder`: it is attached to the optimizer and told every micro-batch's loss by
 
-  * ``recorder.record(loss)`` — call it where the loss is computed;
-  * ``recorder.watch(model)`` — a forward hook that records ``output.loss`` /
-    ``output["loss"]`` / a scalar output of the model (Hugging Face models return the loss in
-    their output when given labels);
-  * ``recorder.wrap(criterion)`` — a loss function that records what it returns.
+* ``recorder.watch(model)`` — a forward hook that records ``output.loss`` / ``output["loss"]`` /
+  a scalar output of the model (Hugging Face models return the loss when given labels);
+* ``recorder.wrap(criterion)`` — a loss function that records what it returns;
+* ``recorder.record(loss)`` — explicitly, e.g. in Lightning's ``training_step``.
 
-  Only losses computed with autograd on (training) are recorded, so evaluation passes are
-  ignored. With gradient accumulation every micro-batch's loss is recorded and the step uses
-  their mean (their sum with ``reduction="sum"``), which matches gradients accumulated from
-  losses divided by the number of micro-batches (the mean gradient). A step without a recorded
-  loss raises :class:`ecdopt.MissingLossError` instead of silently reusing an old one.
+Only losses computed with autograd on (training) are recorded by the hook and the wrapper, so
+evaluation passes are ignored. The step uses the losses recorded since the previous step,
+combined by ``reduction`` (see :class:`LossRecorder`), so that the energy is set from the loss of
+the whole accumulated batch. A step with nothing recorded raises :class:`ecdopt.MissingLossError`
+instead of silently reusing an old loss.
 """
 
 from __future__ import annotations
@@ -52,37 +51,57 @@ def extract_loss(output: Any) -> Tensor | None:
     return loss if isinstance(loss, Tensor) and loss.numel() == 1 else None
 
 
+_REDUCTIONS = ("auto", "mean", "sum")
+
+
 class LossRecorder:
-    """Lets ``optimizer.step()`` be called without a loss: the recorded one is used.
+    """Lets ``optimizer.step()`` be called without a loss: the recorded ones are used.
 
     Attaching replaces ``optimizer.step`` on this instance only (the class and every other
-    optimizer are untouched; :meth:`detach` restores it). ``optimizer.step(closure)`` and
-    ``optimizer.step(loss=...)`` keep working and take precedence over the recording.
+    optimizer are untouched; :meth:`detach` restores it). What a step uses:
+
+    * ``step(loss=...)``: that loss (the recordings are dropped);
+    * ``step()``: the recorded losses, combined by ``reduction``;
+    * ``step(closure)``: the closure runs first; if losses were recorded (before or while it
+      ran) they are used, otherwise the closure's return value. Lightning's automatic
+      optimization with ``accumulate_grad_batches=k`` needs this: its closure returns only the
+      last micro-batch's loss divided by k.
 
     Args:
         optimizer: an :class:`ecdopt.ECD` (or BBI/ECDSep).
-        reduction: how several losses recorded before one step (gradient accumulation) are
-            combined: ``"mean"`` (default, for micro-batch losses that the loop divides by the
-            number of micro-batches before ``backward()``) or ``"sum"`` (for losses recorded
-            after that division).
+        reduction: how the losses F_1..F_k recorded before one step (gradient accumulation over
+            k micro-batches) make the step's loss F:
 
-    Example (a Hugging Face-style loop)::
+            * ``"mean"``: F = (F_1 + … + F_k)/k, for micro-batch losses that are each the mean
+              over their micro-batch (the loop divides them by k before ``backward()``:
+              ``accelerate``, Lightning, plain loops, Hugging Face ``Trainer`` with a model
+              that does not take ``num_items_in_batch``);
+            * ``"sum"``: F = F_1 + … + F_k, for losses already divided by the whole accumulated
+              batch's size (Hugging Face ``Trainer`` with its causal-LM models, which divide
+              each micro-batch's summed token loss by the token count of all k micro-batches);
+            * ``"auto"`` (default): ``"sum"`` for the losses that :meth:`watch` saw the model
+              compute with a ``num_items_in_batch`` argument (how ``Trainer`` asks a model for
+              that normalisation), ``"mean"`` for all the others. Mixing both kinds before one
+              step is an error.
 
-        opt = BBI(model.parameters(), lr=0.05)
+    Example (a Hugging Face ``Trainer``; runnable versions in docs/integrations.md)::
+
+        opt = BBI(model.parameters(), lr=0.1)
         recorder = LossRecorder(opt)
         recorder.watch(model)         # records model(**batch).loss during training
+        args = TrainingArguments(..., lr_scheduler_type="constant")
         trainer = Trainer(model=model, args=args, optimizers=(opt, None), ...)
         trainer.train()
     """
 
-    def __init__(self, optimizer: ECD, *, reduction: str = "mean") -> None:
+    def __init__(self, optimizer: ECD, *, reduction: str = "auto") -> None:
         if not isinstance(optimizer, ECD):
             raise TypeError(
                 f"LossRecorder is for ecdopt optimizers, got {type(optimizer).__name__} "
                 "(other optimizers do not need the loss)"
             )
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if getattr(optimizer.step, "_ecdopt_loss_recorder", False):
             raise RuntimeError("this optimizer already has a LossRecorder")
         self.reduction = reduction
@@ -92,22 +111,30 @@ class LossRecorder:
         self._original_step = optimizer.step
         self._total: Tensor | None = None
         self._count = 0
+        self._normalized_count = 0  # recordings already divided by the whole batch's size
         self._hooks: list[Any] = []
-        recorder = self
+        self._step = self._make_step()
+        optimizer.step = self._step  # type: ignore[method-assign]
 
-        @functools.wraps(self._original_step)
+    def _make_step(self) -> Callable[..., Any]:
+        recorder, original = self, self._original_step
+
+        @functools.wraps(original)
         def step(
             closure: Callable[[], Tensor] | None = None, *, loss: Tensor | float | None = None
         ) -> Any:
-            if closure is None and loss is None:
-                loss = recorder.pop()
-            else:
+            if loss is not None:
                 recorder.clear()
-            return recorder._original_step(closure, loss=loss)
+                return original(closure, loss=loss)
+            if closure is not None:
+                with torch.enable_grad():
+                    returned = closure()
+                if recorder.pending == 0:
+                    return original(loss=returned) if returned is not None else original()
+            return original(loss=recorder.pop())
 
         step._ecdopt_loss_recorder = True  # type: ignore[attr-defined]
-        self._step = step
-        optimizer.step = step  # type: ignore[method-assign]
+        return step
 
     # -------------------------------------------------------------------- recording
     @property
@@ -118,42 +145,63 @@ class LossRecorder:
     def record(self, loss: Tensor | float) -> None:
         """Record a (micro-batch) loss for the next ``step()``; non-finite values are kept (the
         optimizer then skips the step)."""
+        self._record(loss, normalized=False)
+
+    def _record(self, loss: Tensor | float, *, normalized: bool) -> None:
         value = torch.as_tensor(loss.detach() if isinstance(loss, Tensor) else loss)
         if value.numel() != 1:
             raise ValueError(f"a loss must be a single number, got shape {tuple(value.shape)}")
         value = value.reshape(()).to(torch.float64)
         self._total = value if self._total is None else self._total + value.to(self._total)
         self._count += 1
+        self._normalized_count += int(normalized)
+
+    def _divisor(self) -> int:
+        """1 (sum) or the number of recordings (mean) for the pending recordings."""
+        if self.reduction == "sum":
+            return 1
+        if self.reduction == "mean" or self._normalized_count == 0:
+            return self._count
+        if self._normalized_count == self._count:
+            return 1
+        raise RuntimeError(
+            f"LossRecorder(reduction='auto'): of the {self._count} losses recorded for this "
+            f"step, {self._normalized_count} came from a forward given num_items_in_batch "
+            "(already divided by the whole batch's size) and the others did not: pass "
+            "reduction='mean' or 'sum' explicitly"
+        )
 
     def pop(self) -> Tensor:
-        """The loss for this step (mean or sum of the recordings), and forget them."""
+        """The loss for this step (see ``reduction``), and forget the recordings."""
         if self._count == 0 or self._total is None:
             raise MissingLossError(
                 "optimizer.step() was called without a loss and none was recorded since the "
                 "last step: call recorder.record(loss), or watch(model)/wrap(criterion) so "
-                "that the training loss is recorded"
+                "that the training loss is recorded, or pass it: optimizer.step(lambda: loss)"
             )
-        total, count = self._total, self._count
+        loss = self._total / self._divisor()
         self.clear()
-        return total / count if self.reduction == "mean" else total
+        return loss
 
     def clear(self) -> None:
-        """Forget the recorded losses."""
-        self._total, self._count = None, 0
+        """Forget the recorded losses (e.g. after a step that a GradScaler skipped)."""
+        self._total, self._count, self._normalized_count = None, 0, 0
 
     # ------------------------------------------------------------------------ hooks
     def watch(self, model: nn.Module) -> Any:
         """Record the loss in ``model``'s output on every training forward; returns the hook
-        handle. Forwards without autograd (evaluation, ``torch.no_grad()``) are ignored."""
+        handle. Forwards without autograd (evaluation, ``torch.no_grad()``) are ignored. A
+        forward given a ``num_items_in_batch`` keyword (Hugging Face ``Trainer``) records a loss
+        already divided by the whole accumulated batch's size (``reduction="auto"``)."""
 
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
             if not torch.is_grad_enabled():
                 return
             loss = extract_loss(output)
             if loss is not None and loss.requires_grad:
-                self.record(loss)
+                self._record(loss, normalized=kwargs.get("num_items_in_batch") is not None)
 
-        handle = model.register_forward_hook(hook)
+        handle = model.register_forward_hook(hook, with_kwargs=True)
         self._hooks.append(handle)
         return handle
 
