@@ -42,7 +42,8 @@ _MISSING_LOSS_MESSAGE = (
     "Lightning, accelerate, plain loops), or `optimizer.step(loss=loss)`, or give step() a "
     "closure that zeroes the grads, computes the loss, calls backward() and returns it. Loops "
     "that call step() with no argument (Hugging Face Trainer): see ecdopt.integrations."
-    "LossRecorder."
+    "LossRecorder. Under a GradScaler (Lightning fp16) a closure does not reach step(): pass "
+    "loss=loss."
 )
 
 
