@@ -9,6 +9,7 @@ blocking host-device syncs per step (``torch.cuda.set_sync_debug_mode``) and the
 step allocates beyond the parameters, gradients and optimizer state.
 
     python benchmarks/step_cost.py [--device cpu|cuda] [--threads 2] [--rounds 7] [--json FILE]
+        [--only bbi,ecdsep] [--baseline-src ../ecdopt-before/src]
 """
 
 from __future__ import annotations
@@ -66,6 +67,26 @@ def make_params(shapes, device: torch.device, seed: int = 0) -> list[torch.nn.Pa
     return params
 
 
+def load_baseline(src: str):
+    """Another ecdopt source tree (e.g. an older commit checked out with ``git worktree add``),
+    imported as the package ``ecdopt_baseline``, so that both are timed in one run."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(src) / "ecdopt"
+    spec = importlib.util.spec_from_file_location(
+        "ecdopt_baseline", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ecdopt_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BASELINE = None  # set by --baseline-src
+
+
 def optimizer_factories(device: torch.device) -> dict[str, Callable]:
     bbi_kwargs = {"bounce_period": 100, "n_bounces": 5, "bounce_patience": 200, "seed": 0}
     factories: dict[str, Callable] = {
@@ -80,7 +101,14 @@ def optimizer_factories(device: torch.device) -> dict[str, Callable]:
         "bbi_sync_free": lambda ps: ecdopt.BBI(ps, lr=1e-3, sync_free=True, **bbi_kwargs),
         "ecdsep": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0),
         "ecdsep_fused": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0, fused=True),
+        "unit_speed": lambda ps: ecdopt.UnitSpeedECD(ps, lr=1e-3, seed=0),
     }
+    if BASELINE is not None:
+        factories["bbi@baseline"] = lambda ps: BASELINE.BBI(ps, lr=1e-3, **bbi_kwargs)
+        factories["bbi_fused@baseline"] = lambda ps: BASELINE.BBI(
+            ps, lr=1e-3, fused=True, **bbi_kwargs
+        )
+        factories["ecdsep@baseline"] = lambda ps: BASELINE.ECDSep(ps, lr=1e-3, seed=0)
     return factories
 
 
@@ -117,7 +145,7 @@ def bench_set(
         def one_step(opt=opt, losses=losses, counter=counter) -> None:
             i = counter["i"] % len(losses)
             counter["i"] += 1
-            if isinstance(opt, ecdopt.ECD):
+            if isinstance(opt, ecdopt.ECD) or type(opt).__module__.startswith("ecdopt_baseline"):
                 opt.step(loss=losses[i])
             else:
                 opt.step()
@@ -165,7 +193,16 @@ def main() -> None:
     parser.add_argument("--sets", default="resnet18,mlp,transformer")
     parser.add_argument("--only", default=None, help="comma-separated optimizer names")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--baseline-src",
+        default=None,
+        help="the src/ folder of another ecdopt checkout: its BBI and ECDSep are timed too "
+        "(names ending in @baseline), for a before/after comparison in one run",
+    )
     args = parser.parse_args()
+    global BASELINE
+    if args.baseline_src:
+        BASELINE = load_baseline(args.baseline_src)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sets = {"resnet18": resnet18_shapes(), "mlp": mlp_shapes(), "transformer": transformer_shapes()}
@@ -185,13 +222,13 @@ def main() -> None:
         only = set(args.only.split(",")) if args.only else None
         results["sets"][name] = bench_set(name, sets[name], device, args.rounds, steps, only)
 
-    header = f"{'set':<12}{'optimizer':<16}{'median ms':>11}{'x SGD-foreach':>15}"
+    header = f"{'set':<12}{'optimizer':<20}{'median ms':>11}{'x SGD-foreach':>15}"
     if device.type == "cuda":
         header += f"{'syncs/step':>12}{'extra MB':>10}"
     print(header)
     for name, res in results["sets"].items():
         for opt_name, row in res["optimizers"].items():
-            line = f"{name:<12}{opt_name:<16}{row['median_ms']:>11.3f}"
+            line = f"{name:<12}{opt_name:<20}{row['median_ms']:>11.3f}"
             line += f"{row['ratio_to_sgd_foreach']:>15.2f}"
             if device.type == "cuda":
                 line += f"{row['blocking_syncs_per_step']:>12d}{row['peak_extra_memory_mb']:>10.1f}"

@@ -45,6 +45,8 @@ _DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs i
 def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[Tensor]]]]:
     """Split parallel lists by the device of the first list (one group in the usual case)."""
     first = lists[0]
+    if all(t.is_cpu for t in first):  # the common case, cheap to establish
+        return [(first[0].device, list(lists))]
     device = first[0].device
     if all(t.device == device for t in first):
         return [(device, [list(ts) for ts in lists])]
@@ -102,10 +104,21 @@ def host_sum_of_squares(
     if not plain:
         return sum_of_squares(tensors, device).item()
     parts = [p.item() for p in _cpu_partial_squares(tensors)]
-    for i, part in enumerate(parts):
+    total = _fsum(parts)
+    if math.isfinite(total):
+        return total
+    for i, part in enumerate(parts):  # an own-precision sum overflowed (or a value is not finite)
         if not math.isfinite(part):
             parts[i] = _squares_float64(tensors[i]).item()
-    return math.fsum(parts)
+    return _fsum(parts)
+
+
+def _fsum(parts: list[float]) -> float:
+    """The exact sum of non-negative floats (inf when it overflows, nan for a nan)."""
+    try:
+        return math.fsum(parts)
+    except OverflowError:
+        return math.inf
 
 
 def sum_of_squares(tensors: Sequence[Tensor], device: torch.device) -> Tensor:

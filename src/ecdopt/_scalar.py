@@ -33,9 +33,14 @@ __all__ = [
 Scalar = float | Tensor  # a float on the host, or a tensor (0-dim, or a batch of particles)
 
 
+_NUMBERS = (float, int, bool)
+
+
 def namespace(*values: Any) -> ModuleType | None:
     """The array library of the first array among ``values`` (None when all are numbers)."""
     for value in values:
+        if type(value) in _NUMBERS:  # the host path's case, first and cheap
+            continue
         if isinstance(value, Tensor):
             return torch
         if isinstance(value, bool | int | float) or value is None:
@@ -55,6 +60,8 @@ def namespace(*values: Any) -> ModuleType | None:
 
 def sqrt(x: Any) -> Any:
     """√x (nan for x < 0)."""
+    if type(x) is float:
+        return math.sqrt(x) if x >= 0 else math.nan
     xp = namespace(x)
     if xp is not None:
         return xp.sqrt(x)
@@ -96,12 +103,16 @@ def power(x: Any, y: float) -> Any:
 
 def isfinite(x: Any) -> Any:
     """Whether x is finite (elementwise for arrays)."""
+    if type(x) is float:
+        return math.isfinite(x)
     xp = namespace(x)
     return xp.isfinite(x) if xp is not None else math.isfinite(x)
 
 
 def where(condition: Any, if_true: Any, if_false: Any) -> Any:
     """``if_true if condition else if_false``; elementwise for array conditions."""
+    if type(condition) is bool and type(if_true) in _NUMBERS and type(if_false) in _NUMBERS:
+        return if_true if condition else if_false
     xp = namespace(condition, if_true, if_false)
     if xp is None:
         return if_true if condition else if_false
@@ -125,6 +136,8 @@ def _dtype(value: Any, like: Tensor) -> torch.dtype:
 
 def minimum(a: Any, b: Any) -> Any:
     """The smaller of a and b (elementwise for arrays)."""
+    if type(a) is float and type(b) is float:
+        return a if (a <= b or a != a) else b  # NaN propagates, as in torch
     xp = namespace(a, b)
     if xp is None:
         return min(a, b)
@@ -135,6 +148,8 @@ def minimum(a: Any, b: Any) -> Any:
 
 def maximum(a: Any, b: Any) -> Any:
     """The larger of a and b (elementwise for arrays)."""
+    if type(a) is float and type(b) is float:
+        return a if (a >= b or a != a) else b  # NaN propagates, as in torch
     xp = namespace(a, b)
     if xp is None:
         return max(a, b)

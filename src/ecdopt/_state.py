@@ -39,25 +39,23 @@ def momentum_dtype(param: Tensor) -> torch.dtype:
 
 
 def gather(opt: ECD) -> Particle | None:
-    """(lr, λ, params, grads, Π) of every group's params that have a gradient; None if none."""
-    groups, plain = [], True
+    """(lr, λ, params, grads, Π) of every group's params that have a gradient; None if none.
+    What depends only on which parameters take part (d, dtypes, limits) is cached."""
+    groups, signature = [], []
+    state = opt.state
     for group in opt.param_groups:
         params, grads, momenta = [], [], []
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse or p.grad.dtype.is_complex or p.dtype.is_complex:
-                kind = "sparse" if p.grad.is_sparse else "complex"
-                raise ValueError(f"ECD does not support {kind} gradients or parameters")
-            momentum = opt.state[p].get("momentum")
+            momentum = state[p].get("momentum")
             if momentum is None:
-                momentum = opt.state[p]["momentum"] = torch.zeros_like(
-                    p, dtype=momentum_dtype(p), memory_format=torch.preserve_format
-                )
-            plain = plain and is_plain_cpu(p) and p.grad.dtype == p.dtype and p.grad.is_cpu
+                momentum = _new_momentum(state, p)
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
             momenta.append(momentum)
+            signature.append((id(p), grad.dtype, grad.device, grad.layout))
         if params:
             foreach = group["foreach"] is not False
             groups.append(
@@ -65,7 +63,40 @@ def gather(opt: ECD) -> Particle | None:
             )
     if not groups:
         return None
-    return Particle(groups=groups, device=groups[0].params[0].device, plain_cpu=plain)
+    cached = opt.__dict__.get("_particle_shape")
+    if cached is None or cached[0] != signature:
+        cached = opt._particle_shape = (signature, _shape_of(groups))
+    dim, limits, plain = cached[1]
+    device = groups[0].params[0].device
+    return Particle(groups=groups, device=device, plain_cpu=plain, dim=dim, limits=limits)
+
+
+def _new_momentum(state: Any, p: Tensor) -> Tensor:
+    if p.grad.is_sparse or p.grad.dtype.is_complex or p.dtype.is_complex:
+        kind = "sparse" if p.grad.is_sparse else "complex"
+        raise ValueError(f"ECD does not support {kind} gradients or parameters")
+    state[p]["momentum"] = torch.zeros_like(
+        p, dtype=momentum_dtype(p), memory_format=torch.preserve_format
+    )
+    return state[p]["momentum"]
+
+
+def _shape_of(groups: list[Group]) -> tuple[int, tuple[float, float], bool]:
+    """d, the largest safe |Π| and |ΔΘ| entries (a sixteenth of the dtypes' largest values),
+    and whether every param, grad and Π is a float32/float64 CPU tensor."""
+    params = [p for g in groups for p in g.params]
+    for p in params:
+        if p.grad.is_sparse or p.grad.dtype.is_complex:
+            kind = "sparse" if p.grad.is_sparse else "complex"
+            raise ValueError(f"ECD does not support {kind} gradients or parameters")
+    momenta = [m for g in groups for m in g.momenta]
+    momentum_limit = min(torch.finfo(m.dtype).max for m in momenta) / 16
+    param_limit = min(torch.finfo(p.dtype).max for p in params) / 16
+    plain = all(
+        is_plain_cpu(p) and p.grad.dtype == p.dtype and p.grad.is_cpu and is_plain_cpu(m)
+        for p, m in zip(params, momenta, strict=True)
+    )
+    return sum(p.numel() for p in params), (momentum_limit, param_limit), plain
 
 
 def particle_state(state: dict[str, Any], seed: int, config: ECDConfig) -> dict[str, Any]:

@@ -140,6 +140,8 @@ class Particle:
     groups: list[Group]
     device: torch.device
     plain_cpu: bool  # every param, grad and Π a float32/float64 CPU tensor
+    dim: int  # d, the number of parameters (global sizes for sharded ones)
+    limits: tuple[float, float]  # the largest safe |Π| and |ΔΘ| entries
 
     @property
     def grads(self) -> list[Tensor]:
@@ -148,17 +150,6 @@ class Particle:
     @property
     def momenta(self) -> list[Tensor]:
         return [m for group in self.groups for m in group.momenta]
-
-    @property
-    def dim(self) -> int:
-        """d, the number of parameters (global sizes for sharded ones)."""
-        return sum(p.numel() for group in self.groups for p in group.params)
-
-    def limits(self) -> tuple[float, float]:
-        """The largest safe |Π| and |ΔΘ| entries: a sixteenth of the dtypes' largest values."""
-        momentum = min(torch.finfo(m.dtype).max for m in self.momenta)
-        param = min(torch.finfo(p.dtype).max for g in self.groups for p in g.params)
-        return momentum / 16, param / 16
 
 
 # ------------------------------------------------------------------ the scalar math (shared)
@@ -232,7 +223,7 @@ def coefficients(
         rescale=rescale,
         kick=hamiltonian.force_factor(energy, potential, effective, dim),
         drift=drift,
-        drift_bound=hamiltonian.drift_bound(energy, potential),
+        drift_bound=drift if drift is not None else hamiltonian.drift_bound(energy, potential),
         off_shell=hamiltonian.off_shell(energy, potential),
     )
 
@@ -393,7 +384,7 @@ def _is_safe(
         force_norm=force_norm,
         lr=lr,
         weight_decay=max(g.weight_decay for g in particle.groups),
-        limits=particle.limits(),
+        limits=particle.limits,
     )
 
 
@@ -628,7 +619,7 @@ def device_step(
 
 
 def _largest(values: Sequence[Any], device: torch.device) -> Any:
-    if all(isinstance(v, int | float) for v in values):
+    if all(type(v) is float for v in values):
         return max(values)
     return torch.stack(
         [torch.as_tensor(v, dtype=torch.float64, device=device) for v in values]

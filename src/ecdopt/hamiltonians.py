@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 OFF_SHELL_MODES = ("rescale", "exact")
+_NUMBERS = (float, int)
 
 
 def power_potential(effective: Any, loss_power: Any) -> Any:
@@ -49,9 +50,9 @@ def power_potential(effective: Any, loss_power: Any) -> Any:
 
     An overflow gives inf (the step is then skipped as non-finite), never an exception.
     """
-    if isinstance(loss_power, int | float) and loss_power == 1.0:
+    if type(loss_power) in _NUMBERS and loss_power == 1.0:
         return effective
-    if isinstance(effective, int | float):
+    if type(effective) in _NUMBERS:
         return power(effective, loss_power) if effective > 0 else effective
     positive = maximum(effective, 1e-300)  # keeps the unused branch free of 0**negative
     return where(effective > 0, power(positive, loss_power), effective)
@@ -59,7 +60,7 @@ def power_potential(effective: Any, loss_power: Any) -> Any:
 
 def _power_force(effective: Any, loss_power: Any) -> Any:
     """dV/dF_eff = η·F_eff**(η−1) (1 for η = 1)."""
-    if isinstance(loss_power, int | float) and loss_power == 1.0:
+    if type(loss_power) in _NUMBERS and loss_power == 1.0:
         return 1.0
     return loss_power * power(maximum(effective, 1e-300), loss_power - 1.0)
 
@@ -179,12 +180,13 @@ class BornInfeld(_PowerPotential):
         return 0.5 * (potential / energy + energy / potential)
 
     def force_factor(self, energy: Any, potential: Any, effective: Any, dim: int) -> Any:
-        clipped = self.dynamical_potential(energy, potential)
-        force = super().force_factor(energy, clipped, effective, dim)
         if self.off_shell_mode == "exact":
-            return force
+            return self.kick_factor(energy, potential) * _power_force(effective, self.loss_power)
+        cap = self.off_shell_ratio * energy
+        clipped = minimum(potential, cap)
+        force = self.kick_factor(energy, clipped) * _power_force(effective, self.loss_power)
         # the force of the rescaled potential: ∇(κE/V · V) = (κE/V)·∇V beyond the shell
-        return where(self.off_shell(energy, potential), force * (clipped / potential), force)
+        return where(potential > cap, force * (clipped / potential), force)
 
     def drift_factor(self, energy: Any, potential: Any, momentum_sq: Any) -> Any:
         return self.dynamical_potential(energy, potential) / energy

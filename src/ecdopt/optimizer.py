@@ -232,8 +232,6 @@ class ECD(torch.optim.Optimizer):
         return _state.diagnostics(self._ecd, self.config)
 
     # ------------------------------------------------------------------- step
-    @torch.compiler.disable
-    @torch.no_grad()
     def step(
         self,
         closure: Callable[[], Tensor | None] | None = None,
@@ -242,6 +240,12 @@ class ECD(torch.optim.Optimizer):
     ) -> Tensor | float | None:
         """One ECD step. Returns the loss. ``torch.compile`` leaves it eager: compile the model
         (``fused=True`` compiles the step's kernels)."""
+        if torch.compiler.is_compiling():  # traced by torch.compile: run the step eagerly
+            return _eager_step(self, closure, loss)
+        return self._step(closure, loss)
+
+    @torch.no_grad()
+    def _step(self, closure: Callable[[], Tensor | None] | None, loss: Any) -> Any:
         loss = _loss_of(closure, loss)
         particle = _state.gather(self)
         if particle is None:
@@ -344,6 +348,9 @@ class ECD(torch.optim.Optimizer):
         total = value.to(device=device, dtype=torch.float64).reshape(()).clone()
         torch.distributed.all_reduce(total, group=self.process_group)
         return total / torch.distributed.get_world_size(self.process_group)
+
+
+_eager_step = torch.compiler.disable(ECD._step)
 
 
 def _loss_of(closure: Callable[[], Tensor | None] | None, loss: Tensor | float | None) -> Any:
