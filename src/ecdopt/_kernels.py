@@ -31,6 +31,7 @@ __all__ = [
     "fused_kick_drift_",
     "host_dot_sum",
     "host_sum_of_squares",
+    "host_sums_of_squares",
     "is_plain_cpu",
     "sum_of_squares",
 ]
@@ -113,6 +114,26 @@ def host_sum_of_squares(
     return _fsum(parts)
 
 
+def host_sums_of_squares(lists: Sequence[Sequence[Tensor]]) -> list[float]:
+    """:func:`host_sum_of_squares` of several lists of plain CPU tensors at once: one call of the
+    per-tensor sums for all of them (the step's |∇F|², |Θ_g|² and Π² in one pass over memory,
+    without paying a torch call per list), each list's parts added exactly."""
+    flat = [t for ts in lists for t in ts]
+    parts = [p.item() for p in _cpu_partial_squares(flat)] if flat else []
+    totals, start = [], 0
+    for ts in lists:
+        mine = parts[start : start + len(ts)]
+        total = _fsum(mine)
+        if not math.isfinite(total):
+            for i, part in enumerate(mine):
+                if not math.isfinite(part):
+                    mine[i] = _squares_float64(ts[i]).item()
+            total = _fsum(mine)
+        totals.append(total)
+        start += len(ts)
+    return totals
+
+
 def _fsum(parts: list[float]) -> float:
     """The exact sum of non-negative floats (inf when it overflows, nan for a nan)."""
     try:
@@ -178,7 +199,9 @@ def _single_tensor_kick_(
             if weight_decay != 0.0:
                 m.addcmul_(p, neg_k, value=weight_decay)
         else:
-            m.mul_(rescale).add_(g, alpha=-kick)
+            if rescale != 1.0:
+                m.mul_(rescale)
+            m.add_(g, alpha=-kick)
             if weight_decay != 0.0:
                 m.add_(p, alpha=-kick * weight_decay)
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._config import ECDConfig
 from ._kernels import is_plain_cpu
-from ._step import COUNTER_KEYS, SCALAR_KEYS, Group, Particle
+from ._step import COUNTER_KEYS, LAZY_KEYS, SCALAR_KEYS, Group, Particle
 
 if TYPE_CHECKING:
     from .optimizer import ECD
@@ -64,11 +64,14 @@ def gather(opt: ECD) -> Particle | None:
     if not groups:
         return None
     cached = opt.__dict__.get("_particle_shape")
-    if cached is None or cached[0] != signature:
+    reshaped = cached is None or cached[0] != signature
+    if reshaped:
         cached = opt._particle_shape = (signature, _shape_of(groups))
     dim, limits, plain = cached[1]
     device = groups[0].params[0].device
-    return Particle(groups=groups, device=device, plain_cpu=plain, dim=dim, limits=limits)
+    return Particle(
+        groups=groups, device=device, plain_cpu=plain, dim=dim, limits=limits, reshaped=reshaped
+    )
 
 
 def _new_momentum(state: Any, p: Tensor) -> Tensor:
@@ -101,7 +104,11 @@ def _shape_of(groups: list[Group]) -> tuple[int, tuple[float, float], bool]:
 
 def particle_state(state: dict[str, Any], seed: int, config: ECDConfig) -> dict[str, Any]:
     """The ``"ecd"`` entry of ``state_dict()``: tensors, numbers and strings only."""
-    saved = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()}
+    saved = {
+        k: (v.clone() if isinstance(v, Tensor) else v)
+        for k, v in state.items()
+        if k not in LAZY_KEYS
+    }
     saved["seed"] = seed
     saved["config"] = config.as_dict()
     return saved

@@ -28,6 +28,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from ._kernels import (
     fused_kick_drift_,
     host_dot_sum,
     host_sum_of_squares,
+    host_sums_of_squares,
     sum_of_squares,
 )
 from ._scalar import isfinite, maximum, sqrt, where
@@ -59,9 +61,11 @@ __all__ = [
     "coefficients",
     "decide",
     "device_step",
+    "fold_scale",
     "fresh_state",
     "host_step",
     "place_state",
+    "settle",
     "update_is_safe",
 ]
 
@@ -81,6 +85,14 @@ SCALAR_KEYS = (
     "speed",
 )
 COUNTER_KEYS = ("c0", "c1", "fixed_bounces_done", "bounces", "steps", "skipped", "off_shell_steps")
+#: the lazy representation of Π on the CPU host path (see :func:`host_step`): never saved
+LAZY_KEYS = ("momentum_scale", "deferred", "last_drift")
+#: σ is folded into the stored momentum (P ← σ·P) before it leaves this range, so that
+#: P = Π/σ stays within a factor 8 of Π (the overflow guard keeps a factor 16 of headroom)
+SCALE_RANGE = (0.125, 8.0)
+#: particles with fewer parameters apply α as a multiply (a pass over a small particle costs
+#: nothing, and its rounding is then the ensemble's and the reference's, operation for operation)
+SCALE_MIN_NUMEL = 1 << 14
 
 #: ``draw(like, stream, kind, out=None)``: the keyed ξ of this step for ``stream``.
 Draw = Callable[..., list[Tensor]]
@@ -93,7 +105,36 @@ def fresh_state() -> dict[str, Any]:
         "calls": 0,
         **dict.fromkeys(COUNTER_KEYS, 0),
         **dict.fromkeys(SCALAR_KEYS),
+        "momentum_scale": 1.0,
+        "deferred": None,
+        "last_drift": None,
     }
+
+
+def settle(state: dict[str, Any], momenta: list[Tensor], p_sq: float | None = None) -> None:
+    """Resolve what the last lazy host step left for later, from |P|² (summed here unless
+    given): Π² = σ²|P|² after a kick, or σ = sqrt(Π²/|P|²) after a rotation (which keeps Π²)."""
+    deferred = state["deferred"]
+    if deferred is None:
+        return
+    if p_sq is None:
+        p_sq = host_sum_of_squares(momenta, momenta[0].device, plain=True)
+    scale = state["momentum_scale"]
+    if deferred == "momentum_sq":
+        state["momentum_sq"] = scale * scale * p_sq
+        state["speed"] = state["last_drift"] * math.sqrt(state["momentum_sq"])
+    elif p_sq > 0:
+        state["momentum_scale"] = math.sqrt(state["momentum_sq"] / p_sq)
+    state["deferred"] = None
+
+
+def fold_scale(state: dict[str, Any], momenta: list[Tensor]) -> None:
+    """Make the stored momenta the true Π again (P ← σ·P, σ = 1), after :func:`settle`."""
+    settle(state, momenta)
+    scale = state["momentum_scale"]
+    if scale != 1.0 and momenta:
+        torch._foreach_mul_(momenta, scale)
+    state["momentum_scale"] = 1.0
 
 
 def place_state(state: dict[str, Any], device: torch.device | None) -> None:
@@ -142,12 +183,13 @@ class Particle:
     plain_cpu: bool  # every param, grad and Π a float32/float64 CPU tensor
     dim: int  # d, the number of parameters (global sizes for sharded ones)
     limits: tuple[float, float]  # the largest safe |Π| and |ΔΘ| entries
+    reshaped: bool = True  # other parameters (or dtypes) than at the previous step
 
-    @property
+    @cached_property
     def grads(self) -> list[Tensor]:
         return [g for group in self.groups for g in group.grads]
 
-    @property
+    @cached_property
     def momenta(self) -> list[Tensor]:
         return [m for group in self.groups for m in group.momenta]
 
@@ -255,17 +297,23 @@ def update_is_safe(
 
 
 # ------------------------------------------------------------------ host step
-def _host_sums(particle: Particle, loss: Tensor) -> tuple[float, float, list[float]]:
-    """F, |∇F|² and |Θ_g|² of the decayed groups, as floats (one read on a non-CPU device)."""
+def _host_sums(
+    particle: Particle, loss: Tensor, momenta_too: bool
+) -> tuple[float, float, list[float], float | None]:
+    """F, |∇F|², |Θ_g|² of the decayed groups and (``momenta_too``: what the last lazy step
+    deferred) |P|², as floats: on plain CPU tensors all in one call (one read elsewhere)."""
     decayed = [g.params for g in particle.groups if g.weight_decay != 0.0]
     if particle.plain_cpu:
-        grad_sq = host_sum_of_squares(particle.grads, particle.device, plain=True)
-        theta_sqs = [host_sum_of_squares(ps, particle.device, plain=True) for ps in decayed]
-        return float(loss), grad_sq, theta_sqs
+        lists = [particle.grads, *decayed]
+        if momenta_too:
+            lists.append(particle.momenta)
+        sums = host_sums_of_squares(lists)
+        p_sq = sums.pop() if momenta_too else None
+        return float(loss), sums[0], sums[1:], p_sq
     sums = [sum_of_squares(ts, particle.device) for ts in (particle.grads, *decayed)]
     loss_value = loss.detach().to(device=particle.device, dtype=torch.float64).reshape(())
     loss_f, grad_sq, *theta_sqs = torch.stack([loss_value, *sums]).tolist()
-    return loss_f, grad_sq, theta_sqs
+    return loss_f, grad_sq, theta_sqs, None
 
 
 def _skip(state: dict[str, Any], reason: str) -> None:
@@ -287,9 +335,24 @@ def host_step(
     draw: Draw,
     fused: bool,
     counters_hint: tuple[int, int, int] | None = None,
+    lazy: bool = False,
 ) -> None:
-    """One step with Python-float scalars (see the module docstring)."""
-    loss_f, grad_sq, theta_sqs = _host_sums(particle, loss)
+    """One step with Python-float scalars (see the module docstring).
+
+    ``lazy`` (plain CPU tensors, eager kernels): when D does not need Π², Π² after the kick is
+    not summed at once but with the next step's |∇F|² (``state["deferred"]``: the same numbers,
+    one pass and one call fewer); and for a particle of at least :data:`SCALE_MIN_NUMEL`
+    parameters whose kick is not projected, the stored momentum is P with Π = σ·P
+    (``state["momentum_scale"]``), so that the restoration Π ← α·Π costs no pass over memory
+    (σ ← α·σ; the kick adds −(Δt·k/σ)·G to P, the drift adds (Δt·D·σ)·P to Θ). The caller
+    settles or folds σ into the momenta (:func:`settle`, :func:`fold_scale`) before anything
+    else reads them.
+    """
+    lazy = lazy and particle.plain_cpu and not fused
+    deferred = state["deferred"] is not None
+    loss_f, grad_sq, theta_sqs, p_sq = _host_sums(particle, loss, deferred and lazy)
+    if deferred:
+        settle(state, particle.momenta, p_sq)
     floor = state["loss_floor"] if state["loss_floor"] is not None else config.loss_floor
     best = state["best_objective"] if state["best_objective"] is not None else math.inf
     objective = _objective(particle, loss_f, theta_sqs)
@@ -326,7 +389,7 @@ def host_step(
     if first:  # Π0, then α from the Π² it really has
         _initialize(particle, state, energy, target, draw)
         c = _coefficients(config, hamiltonian, particle, energy, d, state["momentum_sq"])
-    _host_update(particle, state, config, hamiltonian, energy, d, c, draw, fused)
+    _host_update(particle, state, config, hamiltonian, energy, d, c, draw, fused, lazy)
     return None
 
 
@@ -429,6 +492,7 @@ def _host_update(
     c: Coefficients,
     draw: Draw,
     fused: bool,
+    lazy: bool,
 ) -> None:
     """Bounce, kick, drift, rotation and bookkeeping of a moving host step."""
     momenta = particle.momenta
@@ -441,19 +505,35 @@ def _host_update(
         bounce_patience=config.bounce_patience,
     )
     c0, c1, done = state["c0"], state["c1"], state["fixed_bounces_done"]
-    if due:
+    if due:  # Π = σ·P: a bounce of P (|P| kept) is a bounce of Π
         chaos.bounce_(momenta, draw(momenta, chaos.STREAM_BOUNCE, config.bounce_direction))
         c0, c1, done = chaos.counters_after_bounce(c0, c1, done, fixed, n_bounces=config.n_bounces)
         state["bounces"] += 1
-    rescales = _group_rescales(particle, hamiltonian, c, host=True)
-    momentum_sq, drift = _kick_and_drift(
-        particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=None
-    )
-    if config.has_rotation:  # on the CPU, ξ goes into a buffer kept between steps
+    scale = 1.0
+    scaled = lazy and not hamiltonian.projects_force and particle.dim >= SCALE_MIN_NUMEL
+    if scaled:  # the restoration α goes into σ; folded into P when σ would leave SCALE_RANGE
+        scale = state["momentum_scale"] * c.rescale
+        if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+            torch._foreach_mul_(momenta, scale)
+            scale = 1.0
+        rescales = [1.0] * len(particle.groups)
+    else:
+        rescales = _group_rescales(particle, hamiltonian, c, host=True)
+    rotate = config.has_rotation
+    defer = lazy and not rotate and c.drift is not None
+    momentum_sq, drift, p_sq = _kick_and_drift(
+        particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=None,
+        scale=scale, defer=defer,
+    )  # fmt: skip
+    deferred = "momentum_sq" if defer else None
+    if rotate:  # on the CPU, ξ goes into a buffer kept between steps
         xi = draw(momenta, chaos.STREAM_ROTATION, "gaussian", reuse=particle.plain_cpu)
-        known = momentum_sq if particle.plain_cpu and not fused else None
         strength = config.chaos * hamiltonian.chaos_scale(particle.dim)
-        chaos.rotate_(momenta, xi, strength, momentum_sq=known)
+        known = p_sq if particle.plain_cpu and not fused else None
+        if scaled and chaos.rotate_lazy_(momenta, xi, strength, known):
+            deferred = "scale"  # |Π| is kept; σ = |Π|/|P| once |P| is summed
+        else:
+            chaos.rotate_(momenta, xi, strength, momentum_sq=known)
     state["c0"], state["c1"] = chaos.counters_after_update(c0, c1, d.new_minimum)
     state["fixed_bounces_done"] = done
     best = state["best_objective"] if state["best_objective"] is not None else math.inf
@@ -461,7 +541,8 @@ def _host_update(
     state["steps"] += 1
     state["off_shell_steps"] += int(bool(c.off_shell))
     state["energy"], state["momentum_sq"], state["rescale"] = energy, momentum_sq, c.rescale
-    state["speed"] = drift * math.sqrt(momentum_sq)
+    state["momentum_scale"], state["deferred"], state["last_drift"] = scale, deferred, drift
+    state["speed"] = None if defer else drift * math.sqrt(momentum_sq)
 
 
 def _group_rescales(
@@ -493,27 +574,35 @@ def _kick_and_drift(
     *,
     fused: bool,
     mask: Tensor | None,
+    scale: float = 1.0,
+    defer: bool = False,
 ) -> tuple[Any, Any]:
-    """Kick and drift of every group; returns (Π² after the kick, D). ``mask`` (device path):
-    where False, the coefficients are those of "no change"."""
+    """Kick and drift of every group; returns (Π² after the kick, D, |P|² on the host). ``mask``
+    (device path): where False, the coefficients are those of "no change". ``scale``: σ of the
+    lazy host path (the momenta hold P = Π/σ); ``defer``: leave Π² (None) to the next step."""
     host = mask is None
     drift = c.drift
     if fused:
-        return _fused_kick_and_drift(particle, hamiltonian, energy, potential, rescales, c, mask)
+        momentum_sq, drift = _fused_kick_and_drift(
+            particle, hamiltonian, energy, potential, rescales, c, mask
+        )
+        return momentum_sq, drift, None
     for group, rescale in zip(particle.groups, rescales, strict=True):
         ecd_kick_(
             group.params,
             group.grads,
             group.momenta,
             rescale=rescale,
-            kick=group.lr * c.kick,
+            kick=group.lr * c.kick if scale == 1.0 else group.lr * c.kick / scale,
             weight_decay=group.weight_decay,
             foreach=group.foreach,
         )
-    if host:
-        momentum_sq = host_sum_of_squares(
-            particle.momenta, particle.device, plain=particle.plain_cpu
-        )
+    p_sq = None
+    if defer:
+        momentum_sq = None
+    elif host:
+        p_sq = host_sum_of_squares(particle.momenta, particle.device, plain=particle.plain_cpu)
+        momentum_sq = p_sq if scale == 1.0 else scale * scale * p_sq
     else:
         momentum_sq = sum_of_squares(particle.momenta, particle.device)
     if drift is None:
@@ -521,8 +610,9 @@ def _kick_and_drift(
         if not host:
             drift = torch.where(mask, drift, 0.0)
     for group in particle.groups:
-        ecd_drift_(group.params, group.momenta, drift=group.lr * drift, foreach=group.foreach)
-    return momentum_sq, drift
+        step = group.lr * drift if scale == 1.0 else group.lr * drift * scale
+        ecd_drift_(group.params, group.momenta, drift=step, foreach=group.foreach)
+    return momentum_sq, drift, p_sq
 
 
 def _fused_kick_and_drift(
@@ -666,7 +756,7 @@ def _device_update(
         off_shell=c.off_shell,
     )
     rescales = _group_rescales(particle, hamiltonian, c, host=False)
-    momentum_sq, drift = _kick_and_drift(
+    momentum_sq, drift, _ = _kick_and_drift(
         particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=moving
     )
     if config.has_rotation:

@@ -33,6 +33,7 @@ __all__ = [
     "keyed_rows",
     "keyed_seed",
     "rotate_",
+    "rotate_lazy_",
 ]
 
 BOUNCE_DIRECTIONS = ("gaussian", "uniform")
@@ -260,3 +261,17 @@ def rotate_(
     scale = torch.where(new_norm > 0, norm / new_norm, torch.ones_like(norm))
     for m in momenta:
         m.mul_(scale.to(m.device, m.dtype))
+
+
+def rotate_lazy_(
+    momenta: Sequence[Tensor], xi: Sequence[Tensor], chaos: float, momentum_sq: float | None
+) -> bool:
+    """The in-place half of :func:`rotate_` for a caller that keeps Π = σ·P with a scale σ of
+    its own: P ← P + ν|P|·ξ (``momentum_sq`` = |P|², plain CPU tensors). The caller then sets
+    σ = |Π|/|P| (the rotation keeps |Π|), which saves the rescaling pass. Returns False, doing
+    nothing, when :func:`rotate_` must do it all (ν > 1, P = 0 or |P|² unknown)."""
+    nu = float(chaos)
+    if momentum_sq is None or nu > 1.0 or not momentum_sq > 0 or not momenta:
+        return False
+    torch._foreach_add_(list(momenta), list(xi), alpha=nu * momentum_sq**0.5)
+    return True

@@ -26,7 +26,16 @@ from ._config import (
     check_number,
     check_seed,
 )
-from ._step import NonFiniteLossWarning, Particle, device_step, fresh_state, host_step, place_state
+from ._step import (
+    NonFiniteLossWarning,
+    Particle,
+    device_step,
+    fold_scale,
+    fresh_state,
+    host_step,
+    place_state,
+    settle,
+)
 from .hamiltonians import Hamiltonian, get_hamiltonian
 
 __all__ = ["BBI", "ECD", "ECDSep", "MissingLossError", "NonFiniteLossWarning", "UnitSpeedECD"]
@@ -156,6 +165,7 @@ class ECD(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._late_counters: tuple[Tensor, Any] | None = None
+        self._lazy_momenta: list[Tensor] = []
         self._ecd: dict[str, Any] = fresh_state()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -181,7 +191,9 @@ class ECD(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         """torch pickles only defaults, state and param_groups: keep the configuration and the
-        particle too (generators are keyed and re-created; a process group becomes the default)."""
+        particle too (generators are keyed and re-created; a process group becomes the default).
+        The momenta are made the true Π first, as for :meth:`state_dict`."""
+        self._fold()
         state = super().__getstate__()
         state.update({key: self.__dict__[key] for key in self._PICKLED if key in self.__dict__})
         return state
@@ -194,6 +206,7 @@ class ECD(torch.optim.Optimizer):
         for key, value in (
             ("_generators", {}),
             ("_late_counters", None),
+            ("_lazy_momenta", []),
             ("process_group", None),
             ("_ecd", fresh_state()),
         ):
@@ -201,7 +214,12 @@ class ECD(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The usual optimizer state plus ``"ecd"``: energy, counters, best value, floor, seed,
-        configuration. Loads back with ``torch.load(..., weights_only=True)``."""
+        configuration. Loads back with ``torch.load(..., weights_only=True)``.
+
+        On the CPU host path the stored momenta hold Π/σ between steps (the restoration factor
+        is applied lazily, see docs/performance.md); this folds σ into them first, so the saved
+        ``momentum`` is the true Π and a resumed run continues bit-for-bit."""
+        self._fold()
         sd = super().state_dict()
         sd["ecd"] = _state.particle_state(self._ecd, self.seed, self.config)
         return sd
@@ -218,7 +236,7 @@ class ECD(torch.optim.Optimizer):
                 device=p.device, dtype=_state.momentum_dtype(p), copy=True
             )
         self.seed = int(particle.pop("seed", self.seed))
-        self._late_counters, self._placed = None, None
+        self._late_counters, self._placed, self._lazy_momenta = None, None, []
         self._ecd = {**fresh_state(), **particle}
 
     def diagnostics(self) -> dict[str, float]:
@@ -229,7 +247,15 @@ class ECD(torch.optim.Optimizer):
         ``skipped`` steps (NaN/inf loss or gradient, or an overflowing update),
         ``off_shell_steps`` steps with V > κE (BBI), ``loss_floor`` the current F0.
         """
+        if self._ecd["deferred"] is not None:  # Π² of the last step, as the next step sums it
+            settle(self._ecd, self._lazy_momenta)
         return _state.diagnostics(self._ecd, self.config)
+
+    def _fold(self) -> None:
+        """Make the stored momenta the true Π (the lazy host path keeps Π/σ between steps)."""
+        s = self.__dict__.get("_ecd")
+        if s is not None and (s["deferred"] is not None or s["momentum_scale"] != 1.0):
+            fold_scale(s, self._lazy_momenta)
 
     # ------------------------------------------------------------------- step
     def step(
@@ -253,6 +279,11 @@ class ECD(torch.optim.Optimizer):
         s = self._ecd
         sync_free = self.sync_free if self.sync_free is not None else particle.device.type != "cpu"
         on_device = sync_free and s["initialized"]  # the first step always reads values
+        lazy = not (sync_free or self.fused) and particle.plain_cpu
+        if (s["deferred"] is not None or s["momentum_scale"] != 1.0) and (
+            particle.reshaped or not lazy
+        ):
+            fold_scale(s, self._lazy_momenta)  # σ belongs to the momenta of the last step
         self._place(particle.device if on_device else None)
         if not on_device:  # the host path's scalars are Python floats
             for group in particle.groups:
@@ -270,7 +301,10 @@ class ECD(torch.optim.Optimizer):
             draw=self._drawer(call, particle),
             fused=self.fused,
             counters_hint=self._known_counters() if on_device else None,
+            **({"lazy": True} if lazy else {}),
         )
+        if lazy:
+            self._lazy_momenta = particle.momenta
         if sync_free and s["initialized"]:
             self._place(particle.device)
             if self.config.has_bounces and not self.capturable:
