@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .chaos import BOUNCE_DIRECTIONS
+from .chaos import BOUNCE_DIRECTIONS, RNGS
 from .hamiltonians import HAMILTONIANS, OFF_SHELL_MODES
 
 __all__ = [
@@ -143,6 +143,7 @@ class ECDConfig:
     n_bounces: int = 1
     bounce_patience: int | None = 3000
     chaos: float | Tensor = 0.0
+    rotation_every: int = 1
     kinetic_offset: float = 1.0
     conserve_energy: bool = True
     energy_tol: float = 1e-10
@@ -150,6 +151,7 @@ class ECDConfig:
     adapt_floor: bool = False
     bounce_direction: str = "gaussian"
     off_shell: str = "rescale"
+    rng: str = "torch"
     per_particle: bool = False
 
     def __post_init__(self) -> None:
@@ -167,7 +169,7 @@ class ECDConfig:
             )
             set_(self, name, value)
         for name, minimum, meaning in _COUNTS:
-            none_ok = name != "n_bounces"
+            none_ok = name not in ("n_bounces", "rotation_every")
             value = check_count(
                 name, getattr(self, name), minimum=minimum, none_ok=none_ok, meaning=meaning
             )
@@ -176,6 +178,7 @@ class ECDConfig:
             check_bool(name, getattr(self, name))
         check_choice("bounce_direction", self.bounce_direction, BOUNCE_DIRECTIONS)
         check_choice("off_shell", self.off_shell, OFF_SHELL_MODES)
+        check_choice("rng", self.rng, RNGS)
 
     @property
     def has_bounces(self) -> bool:
@@ -216,6 +219,7 @@ _COUNTS = (
     ("bounce_period", 1, "T0, steps between fixed bounces; None: none"),
     ("n_bounces", 0, "N_b, the number of fixed bounces"),
     ("bounce_patience", 1, "T1, steps without a new minimum before a bounce; None: never"),
+    ("rotation_every", 1, "k, steps between rotations of strength ν·sqrt(k)"),
 )
 
 

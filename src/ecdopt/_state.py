@@ -137,6 +137,13 @@ def check_particle_state(state_dict: dict[str, Any], config: ECDConfig) -> dict[
                     f"the state_dict is from another dynamics: {key} is {theirs!r} there and "
                     f"{mine!r} here (its energy, momentum and potential mean something else)"
                 )
+        saved_rng = saved_config.get("rng", "torch")  # states before the option drew with torch
+        if saved_rng != config.rng and (config.has_bounces or config.has_rotation):
+            raise ValueError(
+                f"the state_dict was saved with rng={saved_rng!r}, this optimizer has "
+                f"rng={config.rng!r}: its random directions would not continue the saved run's "
+                f"(pass rng={saved_rng!r})"
+            )
     for key in ("calls", *COUNTER_KEYS):
         value = _number(particle.get(key, 0))
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -334,6 +334,7 @@ def host_step(
     loss: Tensor,
     draw: Draw,
     fused: bool,
+    call: int = 0,
     counters_hint: tuple[int, int, int] | None = None,
     lazy: bool = False,
 ) -> None:
@@ -389,7 +390,8 @@ def host_step(
     if first:  # Π0, then α from the Π² it really has
         _initialize(particle, state, energy, target, draw)
         c = _coefficients(config, hamiltonian, particle, energy, d, state["momentum_sq"])
-    _host_update(particle, state, config, hamiltonian, energy, d, c, draw, fused, lazy)
+    rotate = config.has_rotation and chaos.rotation_due(call, config.rotation_every)
+    _host_update(particle, state, config, hamiltonian, energy, d, c, draw, fused, lazy, rotate)
     return None
 
 
@@ -493,8 +495,9 @@ def _host_update(
     draw: Draw,
     fused: bool,
     lazy: bool,
+    rotate: bool,
 ) -> None:
-    """Bounce, kick, drift, rotation and bookkeeping of a moving host step."""
+    """Bounce, kick, drift, rotation (when ``rotate``) and bookkeeping of a moving host step."""
     momenta = particle.momenta
     fixed, due = chaos.bounce_due(
         state["c0"],
@@ -519,7 +522,6 @@ def _host_update(
         rescales = [1.0] * len(particle.groups)
     else:
         rescales = _group_rescales(particle, hamiltonian, c, host=True)
-    rotate = config.has_rotation
     defer = lazy and not rotate and c.drift is not None
     momentum_sq, drift, p_sq = _kick_and_drift(
         particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=None,
@@ -528,7 +530,7 @@ def _host_update(
     deferred = "momentum_sq" if defer else None
     if rotate:  # on the CPU, ξ goes into a buffer kept between steps
         xi = draw(momenta, chaos.STREAM_ROTATION, "gaussian", reuse=particle.plain_cpu)
-        strength = config.chaos * hamiltonian.chaos_scale(particle.dim)
+        strength = _rotation_strength(config, hamiltonian, particle.dim)
         known = p_sq if particle.plain_cpu and not fused else None
         if scaled and chaos.rotate_lazy_(momenta, xi, strength, known):
             deferred = "scale"  # |Π| is kept; σ = |Π|/|P| once |P| is summed
@@ -543,6 +545,13 @@ def _host_update(
     state["energy"], state["momentum_sq"], state["rescale"] = energy, momentum_sq, c.rescale
     state["momentum_scale"], state["deferred"], state["last_drift"] = scale, deferred, drift
     state["speed"] = None if defer else drift * math.sqrt(momentum_sq)
+
+
+def _rotation_strength(config: ECDConfig, hamiltonian: Hamiltonian, dim: int) -> float:
+    """ν of one rotation: ``chaos`` times the Hamiltonian's factor, times sqrt(k) when it
+    rotates every k-th step (the same diffusion of the direction to first order)."""
+    strength = config.chaos * hamiltonian.chaos_scale(dim)
+    return strength * math.sqrt(config.rotation_every) if config.rotation_every > 1 else strength
 
 
 def _group_rescales(
@@ -674,10 +683,12 @@ def device_step(
     loss: Tensor,
     draw: Draw,
     fused: bool,
+    call: int | Tensor = 0,
     counters_hint: tuple[int, int, int] | None = None,
 ) -> None:
     """One step with every decision a device mask (see the module docstring). Runs after a
-    first :func:`host_step` (which initialises E and Π) and reads no device value."""
+    first :func:`host_step` (which initialises E and Π) and reads no device value. ``call``:
+    the index of this call of ``step()`` (a device tensor under ``capturable``)."""
     loss_value, grad_sq, theta_sqs = _device_sums(particle, loss)
     objective = _objective(particle, loss_value, theta_sqs)
     d = decide(
@@ -704,7 +715,7 @@ def device_step(
     _store(state, "loss_floor", where(keep, d.floor, state["loss_floor"]))
     _store(state, "potential", where(keep, d.potential, state["potential"]))
     _device_update(
-        particle, state, config, hamiltonian, energy, d, c, moving, draw, fused, counters_hint
+        particle, state, config, hamiltonian, energy, d, c, moving, draw, fused, counters_hint, call
     )
 
 
@@ -728,6 +739,7 @@ def _device_update(
     draw: Draw,
     fused: bool,
     counters_hint: tuple[int, int, int] | None,
+    call: int | Tensor,
 ) -> None:
     """Bounce, kick, drift, rotation and bookkeeping, all masked by ``moving``."""
     momenta = particle.momenta
@@ -759,10 +771,11 @@ def _device_update(
     momentum_sq, drift, _ = _kick_and_drift(
         particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=moving
     )
-    if config.has_rotation:
+    rotate = chaos.rotation_due(call, config.rotation_every) if config.has_rotation else False
+    if isinstance(rotate, Tensor) or rotate:  # a device call counter gives a mask
         xi = draw(momenta, chaos.STREAM_ROTATION, "gaussian")
-        strength = config.chaos * hamiltonian.chaos_scale(particle.dim)
-        chaos.rotate_(momenta, xi, strength, mask=moving)
+        strength = _rotation_strength(config, hamiltonian, particle.dim)
+        chaos.rotate_(momenta, xi, strength, mask=moving & rotate)
     c0_next, c1_next = chaos.counters_after_update(c0, c1, d.new_minimum)
     _store(state, "c0", torch.where(moving, c0_next, c0))
     _store(state, "c1", torch.where(moving, c1_next, c1))

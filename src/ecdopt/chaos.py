@@ -7,10 +7,18 @@ Python ints/bools (one particle, host side) or on integer tensors (an ensemble o
 device-side counters), so the optimizer and the ensemble share one definition.
 
 Rotation (ECDSep): every step Π ← |Π|·u/|u| with u = Π/|Π| + ν·ξ, ξ ~ N(0, I).
+
+Random directions ξ are keyed by (seed, step, stream) and come from one of two generators
+(``rng``): ``"torch"`` reseeds a ``torch.Generator`` with the key (:func:`keyed_draw`; the
+default, the draws of every earlier release), and ``"counter"`` hashes (key, index) in tensor
+ops (:func:`counter_draw`): the same integers on every device, a key that may be a device
+tensor (so a CUDA graph draws new numbers at every replay), and the rows of an ensemble drawn
+in one vectorised call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
@@ -21,11 +29,15 @@ from ._scalar import where
 
 __all__ = [
     "BOUNCE_DIRECTIONS",
+    "RNGS",
     "STREAM_BOUNCE",
     "STREAM_INITIAL",
     "STREAM_ROTATION",
     "bounce_",
     "bounce_due",
+    "counter_bits",
+    "counter_draw",
+    "counter_key",
     "counters_after_bounce",
     "counters_after_update",
     "draw_direction",
@@ -34,6 +46,7 @@ __all__ = [
     "keyed_seed",
     "rotate_",
     "rotate_lazy_",
+    "rotation_due",
 ]
 
 BOUNCE_DIRECTIONS = ("gaussian", "uniform")
@@ -47,17 +60,115 @@ T = TypeVar("T", int, bool, Tensor)
 STREAM_BOUNCE = 0
 STREAM_ROTATION = 1
 STREAM_INITIAL = 2
+RNGS = ("torch", "counter")
 _MASK64 = (1 << 64) - 1
+_KEY_OFFSET = 0x632BE59BD9B4E019
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's Weyl increment
+_MIX = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))  # (shift, multiplier) rounds
 
 
 def keyed_seed(seed: int, step: int, stream: int) -> int:
     """A 63-bit seed for the draw of ``stream`` at ``step`` (a splitmix64 mix of the three)."""
-    z = 0x632BE59BD9B4E019 + seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9
-    z += stream * 0x94D049BB133111EB
+    z = _KEY_OFFSET + seed * _GOLDEN + step * _MIX[0][1]
+    z += stream * _MIX[1][1]
     z &= _MASK64
-    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+    for shift, mult in _MIX:
         z = ((z ^ (z >> shift)) * mult) & _MASK64
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+def _signed(value: int) -> int:
+    """A 64-bit pattern as the int64 that holds it (torch integers are signed)."""
+    value &= _MASK64
+    return value - (1 << 64) if value >> 63 else value
+
+
+def _mix_tensor(z: Tensor) -> Tensor:
+    """splitmix64's finaliser on int64 tensors: multiplications wrap modulo 2**64 and the right
+    shifts are made logical by masking (torch shifts int64 arithmetically)."""
+    for shift, mult in _MIX:
+        z = (z ^ ((z >> shift) & ((1 << (64 - shift)) - 1))) * _signed(mult)
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
+
+
+def counter_key(seed: Any, step: Any, stream: int) -> Any:
+    """:func:`keyed_seed` where ``seed`` and ``step`` may be int64 tensors (a device step counter
+    inside a CUDA graph, or one seed and step per particle of an ensemble): bit for bit the same
+    63-bit key, as a tensor (ints give the int of :func:`keyed_seed`)."""
+    if not isinstance(seed, Tensor) and not isinstance(step, Tensor):
+        return keyed_seed(seed, step, stream)
+    base = _signed(_KEY_OFFSET + stream * _MIX[1][1])
+    seed_part = seed * _signed(_GOLDEN) if isinstance(seed, Tensor) else _signed(seed * _GOLDEN)
+    step_part = (
+        step * _signed(_MIX[0][1]) if isinstance(step, Tensor) else _signed(step * _MIX[0][1])
+    )
+    z = _mix_tensor(seed_part + step_part + base)
+    return z & ((1 << 63) - 1)
+
+
+def counter_bits(key: Any, index: Tensor) -> Tensor:
+    """64 random bits (an int64 tensor) for each ``index`` under ``key``: splitmix64's output
+    for position ``index`` of the stream seeded ``key``, mix(key + (index + 1)·γ). Counter-based:
+    any index can be drawn alone, in any order, on any device, with the same result."""
+    if isinstance(key, Tensor):
+        return _mix_tensor((index + 1) * _signed(_GOLDEN) + key)
+    return _mix_tensor((index + 1) * _signed(_GOLDEN) + _signed(key))
+
+
+def _counter_values(bits: Tensor, kind: str) -> Tensor:
+    """float64 values from 64 random bits each: N(0, 1) by Box-Muller (the top 32 bits give
+    the radius, the low 32 the angle; one normal per word) or U(−½, ½) from the top 53 bits."""
+    if kind == "uniform":
+        return ((bits >> 11) & ((1 << 53) - 1)).to(torch.float64) * 2.0**-53 - 0.5
+    high = ((bits >> 32) & 0xFFFFFFFF).to(torch.float64).add_(0.5).mul_(2.0**-32)
+    low = (bits & 0xFFFFFFFF).to(torch.float64).mul_(2.0**-32 * 2.0 * math.pi)
+    return high.log_().mul_(-2.0).sqrt_().mul_(low.cos_())
+
+
+def _chunk(device: torch.device) -> int:
+    """Elements drawn per batch of tensor ops: small on the CPU (the temporaries stay in
+    cache), large elsewhere (fewer kernels, e.g. inside a CUDA graph)."""
+    return 1 << 16 if device.type == "cpu" else 1 << 24
+
+
+def counter_draw(
+    like: Sequence[Tensor],
+    *,
+    key: Any,
+    kind: BounceDirection,
+    out: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """ξ like ``like`` from the counter generator under ``key`` (an int, or an int64 tensor on
+    the tensors' device): element i of the flattened tensors, taken in order, is
+    :func:`counter_bits` (key, i) turned into N(0, 1) or U(−½, ½). The integers are the same on
+    every device; the floats are computed in float64 and rounded to each tensor's dtype (so CPU
+    and GPU agree to that rounding). No generator state: a key tensor updated in place gives
+    new draws at every replay of a captured CUDA graph.
+    """
+    if kind not in BOUNCE_DIRECTIONS:
+        raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
+    if out is None:
+        out = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+    elif len(out) != len(like):
+        raise ValueError(f"out has {len(out)} tensors, like has {len(like)}")
+    offset = 0
+    for xi in out:
+        flat, n = xi.view(-1) if xi.is_contiguous() else None, xi.numel()
+        values = flat if flat is not None else torch.empty(n, dtype=xi.dtype, device=xi.device)
+        step = _chunk(xi.device)
+        k = key.to(xi.device) if isinstance(key, Tensor) else key
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            index = torch.arange(offset + start, offset + stop, device=xi.device)
+            values[start:stop] = _counter_values(counter_bits(k, index), kind)
+        if flat is None:
+            xi.copy_(values.view(xi.shape))
+        offset += n
+    if any(type(t) not in (Tensor, torch.nn.Parameter) for t in like):
+        from .distributed import is_dtensor, shard_like
+
+        out = [shard_like(x, t) if is_dtensor(t) else x for x, t in zip(out, like, strict=True)]
+    return list(out)
 
 
 def bounce_due(
@@ -99,6 +210,14 @@ def counters_after_bounce(c0: T, c1: T, n_done: T, fixed: T, *, n_bounces: int) 
 def counters_after_update(c0: T, c1: T, new_minimum: T) -> tuple[T, T]:
     """Counters after a normal update: c0 += 1, c1 += 1, and c1 = 0 on a new minimum of V."""
     return c0 + 1, where(new_minimum, c1 * 0, c1 + 1)
+
+
+def rotation_due(call: T, every: int) -> T:
+    """Whether the ``call``-th step (from 0) rotates Π when it rotates every ``every`` steps:
+    the steps ``every − 1``, ``2·every − 1``, ... (every step for 1)."""
+    if every == 1:
+        return call == call  # True, of call's kind
+    return (call + 1) % every == 0
 
 
 def draw_direction(
@@ -172,11 +291,22 @@ def keyed_rows(
     kind: BounceDirection,
     like: Tensor,
     generator: torch.Generator,
+    rng: str = "torch",
 ) -> Tensor:
     """ξ for the particles of an ensemble (``like`` is ``[M, n]``): row m is exactly what
-    :func:`keyed_draw` gives the single particle ``seeds[m]`` at step ``steps[m]`` (a flat
-    parameter of n numbers). Only the rows where ``rows`` is True are drawn; the others are 0.
+    :func:`keyed_draw` (``rng="torch"``: one reseeded generator per row) or :func:`counter_draw`
+    (``rng="counter"``: all rows in one vectorised call) gives the single particle ``seeds[m]``
+    at step ``steps[m]`` (a flat parameter of n numbers). Only the rows where ``rows`` is True
+    are drawn; the others are 0.
     """
+    if rng == "counter":
+        seed_tensor = torch.tensor(
+            [_signed(s) for s in seeds], dtype=torch.int64, device=like.device
+        )
+        keys = counter_key(seed_tensor, steps.to(torch.int64), stream)[:, None]
+        index = torch.arange(like.shape[1], device=like.device)[None, :]
+        xi = _counter_values(counter_bits(keys, index), kind).to(like.dtype)
+        return torch.where(rows[:, None], xi, torch.zeros((), dtype=like.dtype, device=like.device))
     xi = torch.zeros_like(like)
     for m in torch.nonzero(rows).flatten().tolist():
         generator.manual_seed(keyed_seed(seeds[m], int(steps[m]), stream))

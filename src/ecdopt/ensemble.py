@@ -129,6 +129,8 @@ class _ECDStepper:
             per["extra_energy"],
         )
         self.chaos = per["chaos"] * self.h.chaos_scale(like.shape[1])
+        if config.rotation_every > 1:  # ν·sqrt(k) every k-th step, as the optimizer
+            self.chaos = self.chaos * math.sqrt(config.rotation_every)
         self.gen = torch.Generator(device=like.device)
         floats = dict(dtype=like.dtype, device=like.device)
         ints = dict(dtype=torch.int64, device=like.device)
@@ -150,6 +152,7 @@ class _ECDStepper:
             kind=kind,
             like=self.pi,
             generator=self.gen,
+            rng=self.cfg.rng,
         )
 
     def _initial_momentum(self, first: Tensor, force: Tensor, target: Tensor) -> Tensor:
@@ -287,13 +290,8 @@ class _ECDStepper:
         momentum_sq = (new_pi * new_pi).sum(-1)
         drift = c.drift if c.drift is not None else h.drift_factor(energy, d.potential, momentum_sq)
         new_theta = theta + (self.lr * torch.where(moving, drift, 0.0))[:, None] * new_pi
-        if self.cfg.has_rotation:  # Π ← |Π|·w/|w|, w = Π + ν|Π|ξ (= |Π|·u, u = Π/|Π| + νξ)
-            rows = moving & (self.chaos > 0)
-            xi = self._draw(rows, chaos.STREAM_ROTATION, "gaussian", calls)
-            w = new_pi + (self.chaos * momentum_sq.sqrt())[:, None] * xi
-            w_sq = (w * w).sum(-1)
-            rotated = w * (momentum_sq / torch.where(w_sq > 0, w_sq, 1.0)).sqrt()[:, None]
-            new_pi = torch.where((rows & (w_sq > 0))[:, None], rotated, new_pi)
+        if self.cfg.has_rotation:
+            new_pi = self._rotate(new_pi, momentum_sq, moving, calls)
         c0, c1 = chaos.counters_after_update(self.c0, self.c1, d.new_minimum)
         self.c0, self.c1 = torch.where(moving, c0, self.c0), torch.where(moving, c1, self.c1)
         self.best = torch.where(moving, torch.minimum(self.best, d.objective), self.best)
@@ -302,6 +300,17 @@ class _ECDStepper:
         self.momentum_sq = torch.where(moving, momentum_sq, self.momentum_sq)
         self.pi = torch.where(mv, new_pi, self.pi)
         return torch.where(mv, new_theta, theta)
+
+    def _rotate(self, pi: Tensor, momentum_sq: Tensor, moving: Tensor, calls: Tensor) -> Tensor:
+        """ECDSep's rotation where due: Π ← |Π|·w/|w|, w = Π + ν|Π|ξ (= |Π|·u, u = Π/|Π| + νξ)."""
+        rows = moving & (self.chaos > 0) & chaos.rotation_due(calls, self.cfg.rotation_every)
+        if not bool(rows.any()):
+            return pi
+        xi = self._draw(rows, chaos.STREAM_ROTATION, "gaussian", calls)
+        w = pi + (self.chaos * momentum_sq.sqrt())[:, None] * xi
+        w_sq = (w * w).sum(-1)
+        rotated = w * (momentum_sq / torch.where(w_sq > 0, w_sq, 1.0)).sqrt()[:, None]
+        return torch.where((rows & (w_sq > 0))[:, None], rotated, pi)
 
 
 def _limits(like: Tensor) -> tuple[float, float]:
@@ -454,11 +463,13 @@ def simulate(
     stop_tol: float = 1e-40,
     loss_power: Scalar = 1.0,
     chaos: Scalar = 0.0,
+    rotation_every: int = 1,
     kinetic_offset: float = 1.0,
     weight_decay: float = 0.0,
     adapt_floor: bool = False,
     bounce_direction: str = "gaussian",
     off_shell: str = "rescale",
+    rng: str = "torch",
     seed: int | None = None,
     seeds: Sequence[int] | None = None,
     target: float | None = None,
@@ -473,14 +484,16 @@ def simulate(
     Arguments are the optimizer's (:class:`ecdopt.ECD`, validated the same way): ``lr`` = Δt,
     ``loss_floor`` = ΔV (F0), ``extra_energy`` = δE, ``bounce_period`` = T0, ``n_bounces`` =
     N_b, ``bounce_patience`` = T1 (None turns that bounce mechanism off), ``loss_power`` = η,
-    ``chaos`` = ν, ``kinetic_offset`` = s, ``energy_tol`` = ε1, ``stop_tol`` = ε2,
-    ``adapt_floor``, ``bounce_direction``, ``off_shell``. ``lr``, ``loss_floor``,
-    ``extra_energy``, ``loss_power`` and ``chaos`` may be ``[M]`` tensors (one Optuna trial per
-    particle).
+    ``chaos`` = ν, ``rotation_every`` = k, ``kinetic_offset`` = s, ``energy_tol`` = ε1,
+    ``stop_tol`` = ε2, ``adapt_floor``, ``bounce_direction``, ``off_shell``, ``rng``. ``lr``,
+    ``loss_floor``, ``extra_energy``, ``loss_power`` and ``chaos`` may be ``[M]`` tensors (one
+    Optuna trial per particle).
 
     Randomness: particle i follows exactly (to rounding) the trajectory of
     ``ECD([θ_i], ..., seed=seeds[i])`` with the same options — bounces, rotations and floor
-    adaptation included. ``seed=s`` is shorthand for ``seeds=particle_seeds(s, M)``; with
+    adaptation included. ``rng="counter"`` draws the directions of all particles in one
+    vectorised call (much faster for rotations, which draw every step) instead of reseeding a
+    generator per particle. ``seed=s`` is shorthand for ``seeds=particle_seeds(s, M)``; with
     neither, ``s`` is drawn from torch's default generator.
 
     ``target``: record the first step with F < target (and with ``stop_at_target`` freeze the

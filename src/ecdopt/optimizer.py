@@ -10,11 +10,13 @@ in :mod:`ecdopt.hamiltonians`, :mod:`ecdopt.chaos`, :mod:`ecdopt._step` and
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.optim.optimizer as _torch_optimizer
 from torch import Tensor
 
 from . import _state, chaos
@@ -28,7 +30,6 @@ from ._config import (
 )
 from ._step import (
     NonFiniteLossWarning,
-    Particle,
     device_step,
     fold_scale,
     fresh_state,
@@ -75,6 +76,9 @@ class ECD(torch.optim.Optimizer):
         n_bounces: N_b, the number of fixed bounces.
         bounce_patience: T1, steps without a new minimum of V before a bounce (None: never).
         chaos: ν ≥ 0, the strength of the per-step rotation of Π; 0 turns it off.
+        rotation_every: k ≥ 1; rotate every k-th step with strength ν·sqrt(k) instead of every
+            step with ν (the same diffusion of the direction to first order in ν²; k draws
+            fewer model-sized Gaussians). 1: every step, the dynamics of the paper.
         kinetic_offset: s > 0, the separable Hamiltonian's offset.
         conserve_energy: consEn, restore H = E every step by rescaling Π (α).
         energy_tol: ε1, skip the restoration when |Π² − Π²_target| < ε1.
@@ -87,11 +91,14 @@ class ECD(torch.optim.Optimizer):
             cube [−½, ½]^n: reproduces their figures, not isotropic).
         off_shell: BBI with V > κE (κ = 2): ``"rescale"`` the batch to κE (default, counted in
             ``diagnostics()["off_shell_steps"]``) or ``"exact"`` (Algorithm 1 literally).
+        rng: the generator of ξ: ``"torch"`` (a ``torch.Generator`` reseeded per draw, the
+            default) or ``"counter"`` (a counter-based hash in tensor ops: the same numbers on
+            every device, keyed by a device step counter under ``capturable``).
         foreach: the multi-tensor (``torch._foreach_*``) path; None: yes.
         fused: kick, drift and Π² of a param group as one ``torch.compile``-d function.
         sync_free: every decision on the device (no host read). None: on except on the CPU.
-        capturable: the step can be captured in a CUDA graph (implies ``sync_free``; needs the
-            bounce-free dynamics: no bounces, ``chaos=0``).
+        capturable: the step can be captured in a CUDA graph (implies ``sync_free``; bounces
+            and rotations need ``rng="counter"``).
         process_group: the ``torch.distributed`` group the particle is replicated over.
         reduce_loss: average the loss over ``process_group`` before it defines V, so DDP
             replicas follow the full-batch particle. None: when distributed with > 1 rank.
@@ -115,6 +122,7 @@ class ECD(torch.optim.Optimizer):
         n_bounces: int = 1,
         bounce_patience: int | None = 3000,
         chaos: float = 0.0,
+        rotation_every: int = 1,
         kinetic_offset: float = 1.0,
         conserve_energy: bool = True,
         energy_tol: float = 1e-10,
@@ -124,6 +132,7 @@ class ECD(torch.optim.Optimizer):
         seed: int | None = None,
         bounce_direction: str = "gaussian",
         off_shell: str = "rescale",
+        rng: str = "torch",
         foreach: bool | None = None,
         fused: bool | None = None,
         sync_free: bool | None = None,
@@ -140,11 +149,12 @@ class ECD(torch.optim.Optimizer):
         ):
             check_bool(name, value, none_ok=True)
         self.capturable = check_bool("capturable", capturable)
-        if capturable and (self.config.has_bounces or self.config.has_rotation):
+        random = self.config.has_bounces or self.config.has_rotation
+        if capturable and random and self.config.rng != "counter":
             raise ValueError(
                 "capturable=True needs the bounce-free dynamics (bounce_period=None or "
-                "n_bounces=0, bounce_patience=None, chaos=0): random draws cannot be replayed "
-                "by a CUDA graph"
+                "n_bounces=0, bounce_patience=None, chaos=0) or rng='counter': a torch "
+                "generator's draws cannot be replayed by a CUDA graph, the counter generator's can"
             )
         defaults = {
             "lr": None if lr is None else check_lr(lr),
@@ -257,6 +267,28 @@ class ECD(torch.optim.Optimizer):
         if s is not None and (s["deferred"] is not None or s["momentum_scale"] != 1.0):
             fold_scale(s, self._lazy_momenta)
 
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """torch's wrapper of ``step`` (a profiler range and the step hooks), entered only when
+        something listens: a registered step hook or a running profiler. Otherwise ``step`` is
+        called directly, which saves a few microseconds per step (a whole-step cost on small
+        models)."""
+        wrapped = torch.optim.Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def step(self: ECD, *args: Any, **kwargs: Any) -> Any:
+            if (
+                self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks
+                or _GLOBAL_STEP_HOOKS[0]
+                or _GLOBAL_STEP_HOOKS[1]
+                or torch.autograd._profiler_enabled()
+            ):
+                return wrapped(self, *args, **kwargs)
+            return func(self, *args, **kwargs)
+
+        return step
+
     # ------------------------------------------------------------------- step
     def step(
         self,
@@ -270,12 +302,22 @@ class ECD(torch.optim.Optimizer):
             return _eager_step(self, closure, loss)
         return self._step(closure, loss)
 
-    @torch.no_grad()
     def _step(self, closure: Callable[[], Tensor | None] | None, loss: Any) -> Any:
         loss = _loss_of(closure, loss)
+        if not torch.is_grad_enabled():
+            self._update(loss)
+            return loss
+        torch.set_grad_enabled(False)  # as torch.no_grad(), without building a context
+        try:
+            self._update(loss)
+        finally:
+            torch.set_grad_enabled(True)
+        return loss
+
+    def _update(self, loss: Any) -> None:
         particle = _state.gather(self)
         if particle is None:
-            return loss
+            return
         s = self._ecd
         sync_free = self.sync_free if self.sync_free is not None else particle.device.type != "cpu"
         on_device = sync_free and s["initialized"]  # the first step always reads values
@@ -285,38 +327,46 @@ class ECD(torch.optim.Optimizer):
         ):
             fold_scale(s, self._lazy_momenta)  # σ belongs to the momenta of the last step
         self._place(particle.device if on_device else None)
-        if not on_device:  # the host path's scalars are Python floats
-            for group in particle.groups:
-                group.lr = float(group.lr)
         call = s["calls"]
-        s["calls"] = call + 1
-        loss_value = self._reduced_loss(loss, particle.device)
-        step_fn = device_step if on_device else host_step
-        step_fn(
-            particle=particle,
-            state=s,
-            config=self.config,
-            hamiltonian=self.hamiltonian,
-            loss=loss_value,
-            draw=self._drawer(call, particle),
-            fused=self.fused,
-            counters_hint=self._known_counters() if on_device else None,
-            **({"lazy": True} if lazy else {}),
-        )
-        if lazy:
-            self._lazy_momenta = particle.momenta
+        if isinstance(call, Tensor):  # capturable: a device counter, advanced in place
+            call = call.clone()
+            s["calls"].add_(1)
+        else:
+            s["calls"] = call + 1
+        common = {
+            "particle": particle,
+            "state": s,
+            "config": self.config,
+            "hamiltonian": self.hamiltonian,
+            "loss": self._reduced_loss(loss, particle.device),
+            "draw": self._drawer(call),
+            "fused": self.fused,
+            "call": call,
+        }
+        if not on_device:
+            for group in particle.groups:  # the host path's scalars are Python floats
+                group.lr = float(group.lr)
+            host_step(**common, lazy=lazy)
+            if lazy:
+                self._lazy_momenta = particle.momenta
+        else:
+            device_step(**common, counters_hint=self._known_counters())
         if sync_free and s["initialized"]:
             self._place(particle.device)
             if self.config.has_bounces and not self.capturable:
                 self._send_counters(particle.device)
-        return loss
 
     def _place(self, device: torch.device | None) -> None:
         if self.__dict__.get("_placed") != device:
             place_state(self._ecd, device)
+            calls = self._ecd["calls"]  # capturable: a device counter that replays advance
+            if device is not None and self.capturable:
+                self._ecd["calls"] = torch.as_tensor(calls, dtype=torch.int64).to(device)
+            elif isinstance(calls, Tensor):
+                self._ecd["calls"] = int(calls)
             self._placed = device
 
-    def _drawer(self, call: int, particle: Particle) -> Callable[..., list[Tensor]]:
+    def _drawer(self, call: int | Tensor) -> Callable[..., list[Tensor]]:
         def draw(like, stream, kind, *, out=None, reuse=False, step=None):
             if reuse:
                 out = self._scratch_like(like)
@@ -325,9 +375,12 @@ class ECD(torch.optim.Optimizer):
         return draw
 
     def _draw(
-        self, like: list[Tensor], step: int, stream: int, kind: str, out=None
+        self, like: list[Tensor], step: int | Tensor, stream: int, kind: str, out=None
     ) -> list[Tensor]:
         """ξ for ``stream`` at ``step`` (keyed: other draws never shift it), into ``out``."""
+        if self.config.rng == "counter":
+            key = chaos.counter_key(self.seed, step, stream)
+            return chaos.counter_draw(like, key=key, kind=kind, out=out)
         return chaos.keyed_draw(
             like,
             seed=self.seed,
@@ -385,6 +438,12 @@ class ECD(torch.optim.Optimizer):
 
 
 _eager_step = torch.compiler.disable(ECD._step)
+# torch's registries of global step hooks (register_optimizer_step_pre_hook/post_hook); if a
+# torch version lacks them, a non-empty stand-in keeps torch's own wrapper always in use
+_GLOBAL_STEP_HOOKS = (
+    getattr(_torch_optimizer, "_global_optimizer_pre_hooks", {None: None}),
+    getattr(_torch_optimizer, "_global_optimizer_post_hooks", {None: None}),
+)
 
 
 def _loss_of(closure: Callable[[], Tensor | None] | None, loss: Tensor | float | None) -> Any:
