@@ -12,6 +12,7 @@ import pickle
 import pytest
 import torch
 
+import ecdopt._kernels
 import ecdopt._step
 from ecdopt import BBI, ECDSep
 from ecdopt.reference import algorithm1
@@ -20,10 +21,14 @@ from test_optimizer import IDS, OPTIMIZERS, _groups, _problem, _run, _split
 F64 = torch.float64
 
 
-@pytest.fixture
-def lazy_small(monkeypatch):
-    """σ for every particle, however small."""
+@pytest.fixture(params=["deferred", "streamed"])
+def lazy_small(monkeypatch, request):
+    """σ for every particle, however small; Π² deferred to the next step, or summed tensor by
+    tensor as in large models (the 3-element tensor streamed, the 2-element ones not)."""
     monkeypatch.setattr(ecdopt._step, "SCALE_MIN_NUMEL", 0)
+    if request.param == "streamed":
+        monkeypatch.setattr(ecdopt._kernels, "STREAM_MIN_NUMEL", 3)
+    return request.param
 
 
 @pytest.mark.parametrize("info", OPTIMIZERS, ids=IDS)
@@ -39,6 +44,7 @@ def test_lazy_path_matches_the_literal_algorithm(lazy_small, info):
         torch.testing.assert_close(a, expected, rtol=1e-9, atol=1e-11, msg=f"step {k}")
     if not opt.hamiltonian.projects_force:
         assert opt._ecd["momentum_scale"] != 1.0 or opt._ecd["deferred"] is not None
+    assert opt._particle_shape[1][3] is (lazy_small == "streamed")
     assert opt.diagnostics()["momentum_sq"] == pytest.approx(ref.momentum_sq[-1], rel=1e-9)
 
 
@@ -71,6 +77,7 @@ def _train(model, opt, x, y, steps, *, every=None):
     return out
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["foreach", "streamed"])
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
     [
@@ -80,20 +87,21 @@ def _train(model, opt, x, y, steps, *, every=None):
     ],
     ids=["bbi", "ecdsep", "ecdsep_every_3"],
 )
-def test_a_model_above_the_threshold_follows_the_exact_path(cls, kwargs, monkeypatch):
-    """The same model with σ (the default above the threshold) and without it (threshold
-    raised): the same trajectory to rounding, bounces and rotations included."""
+def test_a_model_above_the_threshold_follows_the_exact_path(cls, kwargs, streamed, monkeypatch):
+    """The same model with σ (the default above the threshold; its large tensors streamed one
+    by one or not) and without either: the same trajectory to rounding, bounces and rotations
+    included."""
     runs = []
-    for threshold in (ecdopt._step.SCALE_MIN_NUMEL, 10**9):
-        monkeypatch.setattr(ecdopt._step, "SCALE_MIN_NUMEL", threshold)
-        model, x, y = _mlp()
-        assert sum(p.numel() for p in model.parameters()) >= ecdopt._step.SCALE_MIN_NUMEL or (
-            threshold == 10**9
+    for lazy in (True, False):
+        monkeypatch.setattr(ecdopt._step, "SCALE_MIN_NUMEL", 1 << 14 if lazy else 10**9)
+        monkeypatch.setattr(
+            ecdopt._kernels, "STREAM_MIN_NUMEL", 1000 if streamed and lazy else 10**9
         )
+        model, x, y = _mlp()
         opt = cls(model.parameters(), lr=0.02, seed=1, **kwargs)
         runs.append(_train(model, opt, x, y, 80))
-        lazy = opt._ecd["momentum_scale"] != 1.0
-        assert lazy is (threshold < 10**9)
+        assert (opt._ecd["momentum_scale"] != 1.0) is lazy
+        assert opt._particle_shape[1][3] is (streamed and lazy)
     for k, (a, b) in enumerate(zip(*runs, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"step {k}")
 

@@ -8,10 +8,11 @@ the sync-free path; nothing here reads a device value.
 - kick:  Π ← α·Π − k·(∇F + λ·Θ)     with k = Δt·K·dV/dF_eff (per group), λ the weight decay
 - drift: Θ ← Θ + d·Π                with d = Δt·D (per group)
 
-Global sums (Π², |∇F|², |Θ|², Π·G) are float64. On the CPU each large tensor's sum of squares is
-a BLAS dot product in the tensor's own precision (twice as fast as a float64 accumulation there)
-and is recomputed in float64 when that overflows, so a finite tensor always has a finite sum;
-the per-tensor sums are added exactly (``math.fsum``). The tensor-valued sums (the sync-free
+Global sums (Π², |∇F|², |Θ|², Π·G) are float64. On the CPU each tensor's sum of squares is taken
+in the tensor's own precision (one ``_foreach_powsum`` call for all the tensors of a step: about
+twice as fast as a float64 accumulation, and as fast as a BLAS dot) and is recomputed in float64
+when that overflows, so a finite tensor always has a finite sum; the per-tensor sums are added
+exactly (``math.fsum``). The tensor-valued sums (the sync-free
 path, 16-bit and sharded parameters) accumulate in float64 throughout.
 """
 
@@ -24,12 +25,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "STREAM_MIN_NUMEL",
     "dot_sum",
     "ecd_drift_",
     "ecd_kick_",
+    "exact_total",
     "fused_drift_",
     "fused_kick_drift_",
     "host_dot_sum",
+    "host_kick_drift_",
     "host_sum_of_squares",
     "host_sums_of_squares",
     "is_plain_cpu",
@@ -39,8 +43,10 @@ __all__ = [
 Coefficient = Tensor | float
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+#: tensors this large are kicked, summed and drifted one at a time on the CPU host path, so the
+#: sum and the drift read Π from cache (a tensor of this size fits in L2/L3), not from memory
+STREAM_MIN_NUMEL = 1 << 18
 _WIDE = (torch.float32, torch.float64)
-_DOT_MIN_NUMEL = 1 << 16  # below this a dot product's call overhead outweighs its speed
 
 
 def _by_device(*lists: Sequence[Tensor]) -> list[tuple[torch.device, list[list[Tensor]]]]:
@@ -80,16 +86,10 @@ def _squares_float64(tensor: Tensor) -> Tensor:
     return torch._foreach_powsum([tensor], 2, dtype=torch.float64)[0]
 
 
-def _cpu_partial_squares(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Σx² of each float32/float64 CPU tensor in its own precision (0-dim tensors, in order):
-    a BLAS dot for each large contiguous tensor, one ``_foreach_powsum`` call for the rest."""
-    large = [t.numel() >= _DOT_MIN_NUMEL and t.is_contiguous() for t in tensors]
-    small = [t for t, big in zip(tensors, large, strict=True) if not big]
-    small_parts = iter(torch._foreach_powsum(small, 2) if small else [])
-    return [
-        torch.dot(t.view(-1), t.view(-1)) if big else next(small_parts)
-        for t, big in zip(tensors, large, strict=True)
-    ]
+def _cpu_partial_squares(tensors: Sequence[Tensor]) -> list[float]:
+    """Σx² of each float32/float64 CPU tensor in its own precision, as floats in order (one
+    ``_foreach_powsum`` call; each tensor's sum does not depend on the others in the call)."""
+    return [p.item() for p in torch._foreach_powsum(tensors, 2)] if tensors else []
 
 
 def host_sum_of_squares(
@@ -104,7 +104,7 @@ def host_sum_of_squares(
         plain = all(is_plain_cpu(t) for t in tensors)
     if not plain:
         return sum_of_squares(tensors, device).item()
-    parts = [p.item() for p in _cpu_partial_squares(tensors)]
+    parts = _cpu_partial_squares(tensors)
     total = _fsum(parts)
     if math.isfinite(total):
         return total
@@ -119,19 +119,25 @@ def host_sums_of_squares(lists: Sequence[Sequence[Tensor]]) -> list[float]:
     per-tensor sums for all of them (the step's |∇F|², |Θ_g|² and Π² in one pass over memory,
     without paying a torch call per list), each list's parts added exactly."""
     flat = [t for ts in lists for t in ts]
-    parts = [p.item() for p in _cpu_partial_squares(flat)] if flat else []
+    parts = _cpu_partial_squares(flat)
     totals, start = [], 0
     for ts in lists:
-        mine = parts[start : start + len(ts)]
-        total = _fsum(mine)
-        if not math.isfinite(total):
-            for i, part in enumerate(mine):
-                if not math.isfinite(part):
-                    mine[i] = _squares_float64(ts[i]).item()
-            total = _fsum(mine)
-        totals.append(total)
+        totals.append(exact_total(parts[start : start + len(ts)], ts))
         start += len(ts)
     return totals
+
+
+def exact_total(parts: list[float], tensors: Sequence[Tensor]) -> float:
+    """The exact sum of the own-precision Σx² ``parts`` of ``tensors``; a part that overflowed
+    is summed again in float64 first."""
+    total = _fsum(parts)
+    if math.isfinite(total):
+        return total
+    parts = [
+        part if math.isfinite(part) else _squares_float64(t).item()
+        for part, t in zip(parts, tensors, strict=True)
+    ]
+    return _fsum(parts)
 
 
 def _fsum(parts: list[float]) -> float:
@@ -248,6 +254,45 @@ def _multi_tensor_drift_(
             torch._foreach_addcmul_(ps, ms, [drift.to(device)] * len(ps))
         else:
             torch._foreach_add_(ps, ms, alpha=drift)
+
+
+def host_kick_drift_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momenta: Sequence[Tensor],
+    *,
+    rescale: float,
+    kick: float,
+    weight_decay: float,
+    drift: float | None,
+    foreach: bool,
+) -> list[float]:
+    """Kick, and drift when ``drift`` is given, of plain CPU tensors with Python-float factors;
+    returns Σx² of each momentum after the kick (own precision, in order; see
+    :func:`exact_total`). Tensors of at least :data:`STREAM_MIN_NUMEL` elements go one at a
+    time — kick, sum, drift — so that the sum and the drift find Π in cache: one pass over
+    memory fewer than kicking all, then summing all. The others go through the (multi-)tensor
+    kernels together."""
+    squares = [0.0] * len(momenta)
+    small = [i for i, m in enumerate(momenta) if m.numel() < STREAM_MIN_NUMEL]
+    factors = {"rescale": rescale, "kick": kick, "weight_decay": weight_decay}
+    if small:
+        ps, gs, ms = ([ts[i] for i in small] for ts in (params, grads, momenta))
+        ecd_kick_(ps, gs, ms, **factors, foreach=foreach)
+        for i, part in zip(small, _cpu_partial_squares(ms), strict=True):
+            squares[i] = part
+        if drift is not None:
+            ecd_drift_(ps, ms, drift=drift, foreach=foreach)
+    if len(small) < len(momenta):
+        small_set = set(small)
+        for i, (p, g, m) in enumerate(zip(params, grads, momenta, strict=True)):
+            if i in small_set:
+                continue
+            _single_tensor_kick_([p], [g], [m], **factors)
+            squares[i] = _cpu_partial_squares([m])[0]
+            if drift is not None:
+                p.add_(m, alpha=drift)
+    return squares
 
 
 def ecd_kick_(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from . import _kernels
 from ._config import ECDConfig
 from ._kernels import is_plain_cpu
 from ._step import COUNTER_KEYS, LAZY_KEYS, SCALAR_KEYS, Group, Particle
@@ -41,7 +42,7 @@ def momentum_dtype(param: Tensor) -> torch.dtype:
 def gather(opt: ECD) -> Particle | None:
     """(lr, λ, params, grads, Π) of every group's params that have a gradient; None if none.
     What depends only on which parameters take part (d, dtypes, limits) is cached."""
-    groups, signature = [], []
+    groups, signature, all_grads, all_momenta = [], [], [], []
     state = opt.state
     for group in opt.param_groups:
         params, grads, momenta = [], [], []
@@ -55,22 +56,31 @@ def gather(opt: ECD) -> Particle | None:
             params.append(p)
             grads.append(grad)
             momenta.append(momentum)
-            signature.append((id(p), grad.dtype, grad.device, grad.layout))
+            signature += (id(p), grad.dtype, grad.device, grad.layout)
         if params:
             foreach = group["foreach"] is not False
             groups.append(
                 Group(group["lr"], group["weight_decay"], foreach, params, grads, momenta)
             )
+            all_grads += grads
+            all_momenta += momenta
     if not groups:
         return None
     cached = opt.__dict__.get("_particle_shape")
     reshaped = cached is None or cached[0] != signature
     if reshaped:
         cached = opt._particle_shape = (signature, _shape_of(groups))
-    dim, limits, plain = cached[1]
-    device = groups[0].params[0].device
+    dim, limits, plain, streamed = cached[1]
     return Particle(
-        groups=groups, device=device, plain_cpu=plain, dim=dim, limits=limits, reshaped=reshaped
+        groups=groups,
+        device=all_grads[0].device,
+        plain_cpu=plain,
+        dim=dim,
+        limits=limits,
+        reshaped=reshaped,
+        streamed=streamed,
+        grads=all_grads,
+        momenta=all_momenta,
     )
 
 
@@ -84,9 +94,10 @@ def _new_momentum(state: Any, p: Tensor) -> Tensor:
     return state[p]["momentum"]
 
 
-def _shape_of(groups: list[Group]) -> tuple[int, tuple[float, float], bool]:
+def _shape_of(groups: list[Group]) -> tuple[int, tuple[float, float], bool, bool]:
     """d, the largest safe |Π| and |ΔΘ| entries (a sixteenth of the dtypes' largest values),
-    and whether every param, grad and Π is a float32/float64 CPU tensor."""
+    whether every param, grad and Π is a float32/float64 CPU tensor, and whether such a
+    particle has a tensor large enough to be streamed (:func:`ecdopt._kernels.host_kick_drift_`)."""
     params = [p for g in groups for p in g.params]
     for p in params:
         if p.grad.is_sparse or p.grad.dtype.is_complex:
@@ -99,7 +110,8 @@ def _shape_of(groups: list[Group]) -> tuple[int, tuple[float, float], bool]:
         is_plain_cpu(p) and p.grad.dtype == p.dtype and p.grad.is_cpu and is_plain_cpu(m)
         for p, m in zip(params, momenta, strict=True)
     )
-    return sum(p.numel() for p in params), (momentum_limit, param_limit), plain
+    streamed = plain and any(p.numel() >= _kernels.STREAM_MIN_NUMEL for p in params)
+    return sum(p.numel() for p in params), (momentum_limit, param_limit), plain, streamed
 
 
 def particle_state(state: dict[str, Any], seed: int, config: ECDConfig) -> dict[str, Any]:

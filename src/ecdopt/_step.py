@@ -27,8 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,9 +39,11 @@ from ._kernels import (
     dot_sum,
     ecd_drift_,
     ecd_kick_,
+    exact_total,
     fused_drift_,
     fused_kick_drift_,
     host_dot_sum,
+    host_kick_drift_,
     host_sum_of_squares,
     host_sums_of_squares,
     sum_of_squares,
@@ -184,14 +185,15 @@ class Particle:
     dim: int  # d, the number of parameters (global sizes for sharded ones)
     limits: tuple[float, float]  # the largest safe |Π| and |ΔΘ| entries
     reshaped: bool = True  # other parameters (or dtypes) than at the previous step
+    streamed: bool = False  # plain CPU with a tensor of at least STREAM_MIN_NUMEL elements
+    grads: list[Tensor] = field(default_factory=list)  # all groups' (filled when not given)
+    momenta: list[Tensor] = field(default_factory=list)
 
-    @cached_property
-    def grads(self) -> list[Tensor]:
-        return [g for group in self.groups for g in group.grads]
-
-    @cached_property
-    def momenta(self) -> list[Tensor]:
-        return [m for group in self.groups for m in group.momenta]
+    def __post_init__(self) -> None:
+        if not self.grads:
+            self.grads = [g for group in self.groups for g in group.grads]
+        if not self.momenta:
+            self.momenta = [m for group in self.groups for m in group.momenta]
 
 
 # ------------------------------------------------------------------ the scalar math (shared)
@@ -522,7 +524,7 @@ def _host_update(
         rescales = [1.0] * len(particle.groups)
     else:
         rescales = _group_rescales(particle, hamiltonian, c, host=True)
-    defer = lazy and not rotate and c.drift is not None
+    defer = lazy and not rotate and c.drift is not None and not particle.streamed
     momentum_sq, drift, p_sq = _kick_and_drift(
         particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=None,
         scale=scale, defer=defer,
@@ -596,6 +598,10 @@ def _kick_and_drift(
             particle, hamiltonian, energy, potential, rescales, c, mask
         )
         return momentum_sq, drift, None
+    if host and particle.streamed:
+        return _streamed_kick_and_drift(
+            particle, hamiltonian, energy, potential, rescales, c, scale
+        )
     for group, rescale in zip(particle.groups, rescales, strict=True):
         ecd_kick_(
             group.params,
@@ -619,9 +625,47 @@ def _kick_and_drift(
         if not host:
             drift = torch.where(mask, drift, 0.0)
     for group in particle.groups:
-        step = group.lr * drift if scale == 1.0 else group.lr * drift * scale
+        step = _drift_step(group.lr, drift, scale)
         ecd_drift_(group.params, group.momenta, drift=step, foreach=group.foreach)
     return momentum_sq, drift, p_sq
+
+
+def _streamed_kick_and_drift(
+    particle: Particle,
+    hamiltonian: Hamiltonian,
+    energy: float,
+    potential: float,
+    rescales: list[float],
+    c: Coefficients,
+    scale: float,
+) -> tuple[float, float, float]:
+    """:func:`_kick_and_drift` of a plain CPU particle with large tensors: each large tensor is
+    kicked, summed and (when D is known before the kick) drifted while it is in cache."""
+    drift, parts = c.drift, []
+    for group, rescale in zip(particle.groups, rescales, strict=True):
+        parts += host_kick_drift_(
+            group.params,
+            group.grads,
+            group.momenta,
+            rescale=rescale,
+            kick=group.lr * c.kick if scale == 1.0 else group.lr * c.kick / scale,
+            weight_decay=group.weight_decay,
+            drift=None if drift is None else _drift_step(group.lr, drift, scale),
+            foreach=group.foreach,
+        )
+    p_sq = exact_total(parts, particle.momenta)
+    momentum_sq = p_sq if scale == 1.0 else scale * scale * p_sq
+    if drift is None:
+        drift = hamiltonian.drift_factor(energy, potential, momentum_sq)
+        for group in particle.groups:
+            step = _drift_step(group.lr, drift, scale)
+            ecd_drift_(group.params, group.momenta, drift=step, foreach=group.foreach)
+    return momentum_sq, drift, p_sq
+
+
+def _drift_step(lr: float, drift: float, scale: float) -> float:
+    """Δt·D·σ, the factor of P in the drift (σ = 1 off the lazy path)."""
+    return lr * drift if scale == 1.0 else lr * drift * scale
 
 
 def _fused_kick_and_drift(
