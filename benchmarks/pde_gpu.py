@@ -8,12 +8,13 @@ TF32 matmuls. Variants, each timed over ``--iterations`` iterations after a warm
 * ``eager_capturable``: ``eager`` with ``graph_full``'s optimizer settings (no capture);
 * ``graph_loss``: the loss and its backward captured in one CUDA graph (gradients in static
   buffers), the optimizer step eager: ``graph.replay(); opt.step(loss=static_loss)``;
-* ``graph_full``: the whole iteration (zero grads, loss, backward, optimizer step) in one CUDA
-  graph. A graph cannot replay a bounce's random draw, so the optimizer is built with
-  ``capturable=True`` and no bounces (``bounce_period=None``, ``bounce_patience=None``): this
-  times the ordinary (non-bounce) iteration, which is all but ≤ 10 + 1.5M/T1 of the paper's
-  1.5M iterations (a run would replay the graph and do the rare bounce steps eagerly). If
-  capture fails the error is reported and the other numbers still come out.
+* ``graph_full``: the whole iteration (zero grads, loss, backward, optimizer step) replayed from
+  one CUDA graph (:class:`ecdopt.experiments.pde.GraphedIteration`, the loop of
+  ``ecdopt pde train --cuda-graph``), with the preset's bounces: the optimizer runs with
+  ``capturable=True, rng="counter"``, so whether a bounce is due and its direction are decided
+  inside the graph (ξ is drawn at every iteration and applied by mask). If capture fails the
+  error is reported and the other numbers still come out. Its ``bounces`` say that the
+  schedule ran inside the graph.
 
 Also reported: the double-backward Laplacian in eager mode for comparison, and the projected
 hours for the paper's 1.5M iterations. Prints one JSON document (and writes ``--json``)::
@@ -37,8 +38,10 @@ import torch
 
 from ecdopt.experiments.pde import (
     PRESETS,
+    GraphedIteration,
     PDELoss,
     ResNetAnsatz,
+    graph_settings,
     make_optimizer,
     sample_ball,
     sample_sphere,
@@ -86,15 +89,8 @@ class Setup:
         self.x_bnd = torch.empty(preset.n_boundary, preset.dim, device=device)
         self.resample()
         settings = dict(preset.optimizers[optimizer])
-        if capturable and optimizer in ("bbi", "ecdsep"):
-            # a CUDA graph cannot replay random draws: the bounce-free, capturable dynamics
-            settings.update(capturable=True)
-            if optimizer == "bbi":
-                settings.update(bounce_period=None, bounce_patience=None)
-            else:
-                settings.update(chaos=0.0)
-        elif capturable and optimizer == "adam":
-            settings.update(capturable=True)
+        if capturable:  # bounces and rotations drawn inside the graph (rng="counter")
+            settings = graph_settings(optimizer, settings)
         self.opt = make_optimizer(optimizer, self.model.parameters(), settings, seed=0)
         self.iteration = 0
 
@@ -172,35 +168,15 @@ def variant_graph_loss(setup: Setup) -> Callable[[], None]:
 
 
 def variant_graph_full(setup: Setup) -> Callable[[], None]:
-    """The whole iteration in one CUDA graph (needs a sync-free, capturable optimizer step)."""
-    _static_grads(setup)
-    params = list(setup.model.parameters())
-    # first steps eagerly: the optimizer initialises its state (energy, momenta) outside capture
-    for _ in range(2):
-        setup.opt.step(setup.closure)
-    _static_grads(setup)
-
-    def body() -> None:
-        for p in params:
-            p.grad.zero_()
-        loss = setup.loss()
-        loss.backward()
-        setup.opt.step(loss=loss)
-
-    _warm_side_stream(body, setup.device)
-    graph = torch.cuda.CUDAGraph()
-    register = getattr(graph, "register_generator_state", None)
-    gens = getattr(setup.opt, "_generators", {})
-    if register is not None:
-        for gen in gens.values():
-            if gen.device.type == "cuda":
-                register(gen)
-    with torch.cuda.graph(graph):
-        body()
+    """The whole iteration replayed from one CUDA graph, bounces included (the experiment's
+    :class:`GraphedIteration`: first step eager, warm-up on a side stream, then capture)."""
+    iteration = GraphedIteration(
+        setup.opt, list(setup.model.parameters()), setup.loss, setup.device
+    )
 
     def run_once() -> None:
         setup.maybe_resample()
-        graph.replay()
+        iteration()
 
     return run_once
 
@@ -254,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                 "hours_for_paper_run": ms * 1.5e6 / 3.6e6,
                 "loss_after": loss,
             }
+            diagnostics = getattr(setup.opt, "diagnostics", None)
+            if diagnostics is not None:  # ECD: did the schedule run (inside the graph)?
+                results[name]["bounces"] = diagnostics()["bounces"]
+                results[name]["steps"] = diagnostics()["steps"]
         except Exception as exc:  # report and carry on: one failed variant must not hide the rest
             results[name] = {
                 "error": f"{type(exc).__name__}: {exc}"[:500],

@@ -8,8 +8,14 @@ median step time and its ratio to ``SGD(momentum=0.9, foreach=True)``. On CUDA i
 blocking host-device syncs per step (``torch.cuda.set_sync_debug_mode``) and the peak memory a
 step allocates beyond the parameters, gradients and optimizer state.
 
-    python benchmarks/step_cost.py [--device cpu|cuda] [--threads 2] [--rounds 7] [--json FILE]
-        [--only bbi,ecdsep] [--baseline-src ../ecdopt-before/src]
+The loss changes every step (a slow decrease, new minima now and then) and BBI runs with
+δE = 0.5, so the energy is restored (α ≠ 1) at every step. ``--clock process`` (the CPU default)
+times with ``time.process_time``: the CPU time of this process, which other processes' load on
+a shared machine does not inflate (with one thread it is the wall time of an idle machine);
+``--clock wall`` (the CUDA default, with synchronisation) times with ``time.perf_counter``.
+
+    python benchmarks/step_cost.py [--device cpu|cuda] [--threads 1] [--rounds 7] [--json FILE]
+        [--only bbi,ecdsep] [--baseline-src ../ecdopt-before/src] [--clock process|wall]
 """
 
 from __future__ import annotations
@@ -88,7 +94,14 @@ BASELINE = None  # set by --baseline-src
 
 
 def optimizer_factories(device: torch.device) -> dict[str, Callable]:
-    bbi_kwargs = {"bounce_period": 100, "n_bounces": 5, "bounce_patience": 200, "seed": 0}
+    bbi_kwargs = {
+        "bounce_period": 100,
+        "n_bounces": 5,
+        "bounce_patience": 200,
+        "seed": 0,
+        "extra_energy": 0.5,
+    }
+    counter = {"rng": "counter", "seed": 0}
     factories: dict[str, Callable] = {
         "sgd_foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
         "sgd_fused": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, fused=True),
@@ -99,10 +112,21 @@ def optimizer_factories(device: torch.device) -> dict[str, Callable]:
         "bbi_per_tensor": lambda ps: ecdopt.BBI(ps, lr=1e-3, foreach=False, **bbi_kwargs),
         "bbi_fused": lambda ps: ecdopt.BBI(ps, lr=1e-3, fused=True, **bbi_kwargs),
         "bbi_sync_free": lambda ps: ecdopt.BBI(ps, lr=1e-3, sync_free=True, **bbi_kwargs),
+        "bbi_counter": lambda ps: ecdopt.BBI(ps, lr=1e-3, **{**bbi_kwargs, **counter}),
         "ecdsep": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0),
+        "ecdsep_every4": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0, rotation_every=4),
+        "ecdsep_every8": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0, rotation_every=8),
         "ecdsep_fused": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, seed=0, fused=True),
+        "ecdsep_counter": lambda ps: ecdopt.ECDSep(ps, lr=1e-3, **counter),
         "unit_speed": lambda ps: ecdopt.UnitSpeedECD(ps, lr=1e-3, seed=0),
     }
+    if device.type == "cuda":  # the CUDA-graph-ready step, bounces and rotations included
+        factories["bbi_capturable"] = lambda ps: ecdopt.BBI(
+            ps, lr=1e-3, capturable=True, **{**bbi_kwargs, **counter}
+        )
+        factories["ecdsep_capturable"] = lambda ps: ecdopt.ECDSep(
+            ps, lr=1e-3, capturable=True, **counter
+        )
     if BASELINE is not None:
         factories["bbi@baseline"] = lambda ps: BASELINE.BBI(ps, lr=1e-3, **bbi_kwargs)
         factories["bbi_fused@baseline"] = lambda ps: BASELINE.BBI(
@@ -125,7 +149,13 @@ def count_syncs(fn: Callable[[], None]) -> int:
 
 
 def bench_set(
-    name: str, shapes, device: torch.device, rounds: int, steps: int, only: set[str] | None
+    name: str,
+    shapes,
+    device: torch.device,
+    rounds: int,
+    steps: int,
+    only: set[str] | None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     factories = optimizer_factories(device)
     if only:
@@ -159,12 +189,12 @@ def bench_set(
         for run in runs.values():
             if sync:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(steps):
                 run["step"]()
             if sync:
                 torch.cuda.synchronize()
-            run["times"].append((time.perf_counter() - t0) / steps)
+            run["times"].append((clock() - t0) / steps)
 
     n_params = sum(int(torch.Size(s).numel()) for s in shapes)
     out = {"params": n_params, "tensors": len(shapes), "optimizers": {}}
@@ -187,9 +217,18 @@ def bench_set(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument(
+        "--steps", type=int, default=16, help="steps per timed round (x20 on the MLP set)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("process", "wall"),
+        default=None,
+        help="process: CPU time of this process (default on the CPU); wall: elapsed time "
+        "(default on CUDA)",
+    )
     parser.add_argument("--sets", default="resnet18,mlp,transformer")
     parser.add_argument("--only", default=None, help="comma-separated optimizer names")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -205,6 +244,10 @@ def main() -> None:
         BASELINE = load_baseline(args.baseline_src)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    clock_name = args.clock or ("wall" if device.type == "cuda" else "process")
+    if clock_name == "process" and device.type == "cuda":
+        parser.error("--clock process cannot time a CUDA device (use --clock wall)")
+    clock = time.process_time if clock_name == "process" else time.perf_counter
     sets = {"resnet18": resnet18_shapes(), "mlp": mlp_shapes(), "transformer": transformer_shapes()}
     results = {
         "device": str(device),
@@ -212,6 +255,7 @@ def main() -> None:
         if device.type == "cuda"
         else f"{platform.processor() or platform.machine()}, {args.threads} threads",
         "torch": torch.__version__,
+        "clock": clock_name,
         "sets": {},
     }
     for name in args.sets.split(","):
@@ -220,7 +264,7 @@ def main() -> None:
         steps = args.steps if name != "mlp" else args.steps * 20
         print(f"{name}: timing {steps} steps x {args.rounds} rounds ...", flush=True)
         only = set(args.only.split(",")) if args.only else None
-        results["sets"][name] = bench_set(name, sets[name], device, args.rounds, steps, only)
+        results["sets"][name] = bench_set(name, sets[name], device, args.rounds, steps, only, clock)
 
     header = f"{'set':<12}{'optimizer':<20}{'median ms':>11}{'x SGD-foreach':>15}"
     if device.type == "cuda":

@@ -131,6 +131,39 @@ def _chunk(device: torch.device) -> int:
     return 1 << 16 if device.type == "cpu" else 1 << 24
 
 
+def _runs_by_device(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``tensors`` cut into runs of consecutive tensors on one device."""
+    runs: list[list[Tensor]] = []
+    for t in tensors:
+        if runs and runs[-1][0].device == t.device:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return runs
+
+
+def _pieces(run: list[Tensor]) -> list[tuple[Tensor, int]]:
+    """(a flat buffer for each tensor — its own storage when contiguous —, its start in the run)."""
+    pieces, start = [], 0
+    for xi in run:
+        flat = (
+            xi.view(-1)
+            if xi.is_contiguous()
+            else torch.empty(xi.numel(), dtype=xi.dtype, device=xi.device)
+        )
+        pieces.append((flat, start))
+        start += xi.numel()
+    return pieces
+
+
+def _scatter(values: Tensor, pieces: list[tuple[Tensor, int]], start: int, stop: int) -> None:
+    """Copy ``values`` (the run's elements ``start:stop``) into the pieces they belong to."""
+    for flat, first in pieces:
+        lo, hi = max(start, first), min(stop, first + flat.numel())
+        if lo < hi:
+            flat[lo - first : hi - first] = values[lo - start : hi - start]
+
+
 def counter_draw(
     like: Sequence[Tensor],
     *,
@@ -152,18 +185,20 @@ def counter_draw(
     elif len(out) != len(like):
         raise ValueError(f"out has {len(out)} tensors, like has {len(like)}")
     offset = 0
-    for xi in out:
-        flat, n = xi.view(-1) if xi.is_contiguous() else None, xi.numel()
-        values = flat if flat is not None else torch.empty(n, dtype=xi.dtype, device=xi.device)
-        step = _chunk(xi.device)
-        k = key.to(xi.device) if isinstance(key, Tensor) else key
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            index = torch.arange(offset + start, offset + stop, device=xi.device)
-            values[start:stop] = _counter_values(counter_bits(k, index), kind)
-        if flat is None:
-            xi.copy_(values.view(xi.shape))
-        offset += n
+    for run in _runs_by_device(out):  # consecutive tensors on one device: drawn together
+        size = sum(xi.numel() for xi in run)
+        device = run[0].device
+        k = key.to(device) if isinstance(key, Tensor) else key
+        pieces = _pieces(run)
+        step = _chunk(device)
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            index = torch.arange(offset + start, offset + stop, device=device)
+            _scatter(_counter_values(counter_bits(k, index), kind), pieces, start, stop)
+        for xi, (values, _) in zip(run, pieces, strict=True):
+            if values.data_ptr() != xi.data_ptr() or not xi.is_contiguous():
+                xi.copy_(values.view(xi.shape))
+        offset += size
     if any(type(t) not in (Tensor, torch.nn.Parameter) for t in like):
         from .distributed import is_dtensor, shard_like
 

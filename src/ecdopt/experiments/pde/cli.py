@@ -3,7 +3,7 @@
 ecdopt pde solutions [--preset paper|small|twin] [--shift C] [--json FILE] [--out DIR] [--smoke]
 ecdopt pde train --preset small|twin|paper --optimizer bbi|ecdsep|sgdm|adam --runs N --seed S
                  [--jobs J] [--resample-every K] [--iterations N] [--lr X] [--shift C]
-                 [--trace-every K] [--smoke] --json FILE --out DIR
+                 [--trace-every K] [--cuda-graph] [--smoke] --json FILE --out DIR
 (every option: ``ecdopt pde train --help`` and docs/pde.md)
 """
 
@@ -103,6 +103,11 @@ def add_parser(subparsers: Any) -> None:
         type=float,
         default=0.05,
         help="relative L2 error below which a run counts as converged",
+    )
+    tr.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay one captured CUDA graph per iteration, bounces included (CUDA only)",
     )
     tr.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
     _add_shift(tr)
@@ -212,6 +217,11 @@ def run_train(args: argparse.Namespace) -> int:
         raise CommandError("--lr must be a positive number")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError(f"--device {args.device}: CUDA is not available")
+    on_cuda = args.device.startswith("cuda") or (
+        args.device == "auto" and torch.cuda.is_available()
+    )
+    if args.cuda_graph and not on_cuda:
+        raise CommandError("--cuda-graph needs a CUDA device (--device cuda)")
 
     overrides = {
         key: getattr(args, key)
@@ -246,6 +256,7 @@ def run_train(args: argparse.Namespace) -> int:
         laplacian=args.laplacian,
         tolerance=args.tolerance,
         trace_every=args.trace_every,
+        cuda_graph=args.cuda_graph,
         progress=sys.stderr.isatty(),
     )
     results = doc.pop("_results")

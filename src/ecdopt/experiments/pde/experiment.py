@@ -50,6 +50,7 @@ __all__ = [
     "LAPLACIANS",
     "OPTIMIZERS",
     "PRESETS",
+    "GraphedIteration",
     "PDELoss",
     "PDEPreset",
     "RadialProblem",
@@ -63,6 +64,7 @@ __all__ = [
     "find_radial_solutions",
     "forward_laplacian",
     "functorch_laplacian",
+    "graph_settings",
     "make_optimizer",
     "paper_source_eq55",
     "profile_description",
@@ -330,6 +332,76 @@ def _section_points(dim: int) -> Tensor:
     return x
 
 
+class GraphedIteration:
+    """One training iteration — zero the gradients, the loss, its backward, the optimizer step —
+    replayed from one captured CUDA graph.
+
+    The first call runs eagerly (an ECD optimizer's first step reads values on the host to fix
+    E and Π0); the next ``warmup`` calls run eagerly on a side stream, as capture requires; the
+    call after them captures the iteration and replays it, and every later call only replays.
+    ``loss_of()`` must read its inputs from buffers updated in place (the graph replays the
+    addresses it captured), and the optimizer must be capturable (ECD: ``capturable=True`` and
+    ``rng="counter"``, so bounces and rotations are drawn inside the graph). Off CUDA every call
+    runs the same iteration eagerly (how the loop is tested on a CPU). Each call returns the
+    loss in a tensor that the next call overwrites.
+    """
+
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        params: Sequence[Tensor],
+        loss_of: Callable[[], Tensor],
+        device: torch.device,
+        *,
+        warmup: int = 3,
+    ) -> None:
+        self.opt, self.params, self.loss_of, self.device = opt, list(params), loss_of, device
+        self.warmup, self.calls = warmup, 0
+        self.graph: Any = None
+        self.loss: Tensor | None = None  # made by the first (eager) call, in the loss's dtype
+
+    def _body(self) -> None:
+        self.opt.zero_grad(set_to_none=False)
+        loss = self.loss_of()
+        loss.backward()
+        if hasattr(self.opt, "config"):  # an ECD optimizer: the loss defines V
+            self.opt.step(loss=loss)
+        else:
+            self.opt.step()
+        if self.loss is None:
+            self.loss = torch.empty((), dtype=loss.dtype, device=loss.device)
+        self.loss.copy_(loss.detach())
+
+    def __call__(self) -> Tensor:
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.device.type != "cuda" or self.calls == 1:
+            self._body()
+        elif self.calls <= 1 + self.warmup:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._body()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+        else:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._body()
+            self.graph.replay()
+        assert self.loss is not None
+        return self.loss
+
+
+def graph_settings(optimizer: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings of an optimizer replayed in a CUDA graph (see :class:`GraphedIteration`)."""
+    if optimizer in ("bbi", "ecdsep"):
+        return {**settings, "capturable": True, "rng": "counter"}
+    if optimizer == "adam":
+        return {**settings, "capturable": True}
+    return settings
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -351,6 +423,7 @@ def train_run(
     dtype: torch.dtype = torch.float32,
     laplacian: str = "forward",
     trace_every: int | None = None,
+    cuda_graph: bool = False,
     progress: bool = False,
     desc: str = "",
 ) -> RunResult:
@@ -365,6 +438,10 @@ def train_run(
     ``trace_every`` (K): record the relative L2 error to each reference every K iterations (and
     at the end), to watch a run move between solutions; each record is one forward pass on the
     evaluation points (and a host sync), counted in ``wall_seconds``.
+    ``cuda_graph``: every iteration replays one captured CUDA graph (:class:`GraphedIteration`;
+    new points are copied into fixed buffers; BBI and ECDSep run with ``capturable=True`` and
+    ``rng="counter"``, so bounces and rotations happen inside the graph). Off CUDA the same
+    loop runs eagerly.
     """
     if trace_every is not None and trace_every < 1:
         raise ValueError(f"trace_every must be a positive number of iterations, got {trace_every}")
@@ -375,6 +452,8 @@ def train_run(
     if lr is not None:
         settings["lr"] = lr
     settings.update(overrides or {})
+    if cuda_graph:
+        settings = graph_settings(optimizer, settings)
     init_seed = seed if init_seed is None else init_seed
 
     with torch.random.fork_rng(devices=[]):
@@ -407,6 +486,21 @@ def train_run(
         loss.backward()
         return loss
 
+    def resample() -> tuple[Tensor, Tensor, Tensor]:
+        fresh = new_points(resample_gen)
+        if not cuda_graph:
+            return fresh  # type: ignore[return-value]
+        for buffer, values in zip((x_int, f_int, x_bnd), fresh, strict=True):
+            buffer.copy_(values)  # the captured graph reads these buffers
+        return x_int, f_int, x_bnd
+
+    iteration = (
+        GraphedIteration(
+            opt, list(model.parameters()), lambda: loss_fn(model, x_int, f_int, x_bnd), dev
+        )
+        if cuda_graph
+        else lambda: opt.step(closure)
+    )
     logged: list[Tensor] = []
     steps: list[int] = []
     bar = None
@@ -419,10 +513,10 @@ def train_run(
         if trace_every and it % trace_every == 0:
             record(it)
         if k and it > 0 and it % k == 0:
-            x_int, f_int, x_bnd = new_points(resample_gen)
-        loss = opt.step(closure)
+            x_int, f_int, x_bnd = resample()
+        loss = iteration()
         if it % preset.log_every == 0 or it == n_iter - 1:
-            logged.append(loss.detach())
+            logged.append(loss.detach().clone())
             steps.append(it)
             if bar is not None and len(logged) % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss):.3g}")
