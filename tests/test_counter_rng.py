@@ -326,3 +326,35 @@ def test_cuda_graph_replays_bounces():
         graph.replay()
     torch.cuda.synchronize()
     assert torch.isfinite(x).all() and opt.diagnostics()["bounces"] >= 8
+
+
+@pytest.mark.parametrize("name", ["bbi_bounces", "ecdsep_rotation_every_3"])
+def test_capturable_steps_with_draws_read_nothing_on_the_host(name, monkeypatch):
+    """What a CUDA graph needs: after the first step, a capturable step with bounces or
+    rotations reads no device value on the host (keys, masks and draws stay on the device)."""
+    cls, kwargs = CAPTURABLE_CASES[name]
+    x = torch.nn.Parameter(torch.linspace(-1.5, 2.0, 6, dtype=F64))
+    opt = cls([x], lr=2e-2, seed=5, rng="counter", capturable=True, **kwargs)
+    _trajectory(opt, x, 2)
+    reads = []
+
+    def recorder(method):
+        original = getattr(torch.Tensor, method)
+
+        def wrapped(self, *args, **kw):
+            reads.append(method)
+            return original(self, *args, **kw)
+
+        return wrapped
+
+    for method in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, method, recorder(method))
+    for k in range(12):
+        opt.zero_grad()
+        loss = _loss(x, k)
+        loss.backward()
+        reads.clear()
+        opt.step(loss=loss)
+        assert reads == [], f"host reads in step {k}: {reads}"
+    monkeypatch.undo()
+    assert opt.diagnostics()["bounces"] >= (2 if "bounce_period" in kwargs else 0)

@@ -515,15 +515,18 @@ def _host_update(
         c0, c1, done = chaos.counters_after_bounce(c0, c1, done, fixed, n_bounces=config.n_bounces)
         state["bounces"] += 1
     scale = 1.0
-    scaled = lazy and not hamiltonian.projects_force and particle.dim >= SCALE_MIN_NUMEL
-    if scaled:  # the restoration α goes into σ; folded into P when σ would leave SCALE_RANGE
-        scale = state["momentum_scale"] * c.rescale
+    scaled = lazy and particle.dim >= SCALE_MIN_NUMEL
+    sigma = state["momentum_scale"] if scaled else 1.0
+    rescales = _group_rescales(particle, hamiltonian, c, host=True, scale=sigma)
+    if scaled and all(r == rescales[0] for r in rescales):
+        # the restoration (and projection) goes into σ; folded into P if σ would leave its range
+        scale = sigma * rescales[0]
         if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
             torch._foreach_mul_(momenta, scale)
             scale = 1.0
-        rescales = [1.0] * len(particle.groups)
-    else:
-        rescales = _group_rescales(particle, hamiltonian, c, host=True)
+        rescales = [1.0] * len(rescales)
+    elif sigma != 1.0:  # groups with their own factors (unit speed, per-group Δt): fold σ
+        torch._foreach_mul_(momenta, sigma)
     defer = lazy and not rotate and c.drift is not None and not particle.streamed
     momentum_sq, drift, p_sq = _kick_and_drift(
         particle, hamiltonian, energy, d.potential, rescales, c, fused=fused, mask=None,
@@ -557,9 +560,15 @@ def _rotation_strength(config: ECDConfig, hamiltonian: Hamiltonian, dim: int) ->
 
 
 def _group_rescales(
-    particle: Particle, hamiltonian: Hamiltonian, c: Coefficients, *, host: bool
+    particle: Particle,
+    hamiltonian: Hamiltonian,
+    c: Coefficients,
+    *,
+    host: bool,
+    scale: float = 1.0,
 ) -> list[Any]:
-    """α per group: the restoration factor, times the projection of the kick (unit speed)."""
+    """α per group: the restoration factor, times the projection of the kick (unit speed).
+    ``scale``: σ of the lazy host path (the momenta hold Π/σ)."""
     if not hamiltonian.projects_force:
         return [c.rescale] * len(particle.groups)
 
@@ -570,6 +579,8 @@ def _group_rescales(
     for g in particle.groups:
         if g.weight_decay != 0.0:  # + λ·(Π·Θ), G = ∇F + λΘ
             momentum_dot_force = momentum_dot_force + g.weight_decay * dot(g.momenta, g.params)
+    if scale != 1.0:
+        momentum_dot_force = scale * momentum_dot_force
     return [
         projected_rescale(c.rescale, g.lr * c.kick, momentum_dot_force) for g in particle.groups
     ]
