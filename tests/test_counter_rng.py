@@ -358,3 +358,29 @@ def test_capturable_steps_with_draws_read_nothing_on_the_host(name, monkeypatch)
         assert reads == [], f"host reads in step {k}: {reads}"
     monkeypatch.undo()
     assert opt.diagnostics()["bounces"] >= (2 if "bounce_period" in kwargs else 0)
+
+
+@pytest.mark.parametrize("name", ["bbi_bounces", "ecdsep_rotation"])
+def test_capturable_steps_build_no_tensor_from_host_numbers(name, monkeypatch):
+    """On a GPU a tensor made from a Python number is a host-to-device copy, which a CUDA graph
+    cannot capture: after the first step, a capturable step makes none (constants are filled on
+    the device). Floor adaptation and η ≠ 1 take the scalar helpers' every branch."""
+    cls, kwargs = CAPTURABLE_CASES[name]
+    x = torch.nn.Parameter(torch.linspace(-1.5, 2.0, 6, dtype=F64))
+    extra = {"loss_power": 1.5, "adapt_floor": True, "loss_floor": 2.5}
+    opt = cls([x], lr=2e-2, seed=5, rng="counter", capturable=True, **{**kwargs, **extra})
+    _trajectory(opt, x, 2)
+    made = []
+    for factory in ("as_tensor", "tensor"):
+        original = getattr(torch, factory)
+
+        def recording(data, *args, _original=original, **kw):
+            if not isinstance(data, torch.Tensor):
+                made.append(data)
+            return _original(data, *args, **kw)
+
+        monkeypatch.setattr(torch, factory, recording)
+    _trajectory(opt, x, 12)
+    monkeypatch.undo()
+    assert made == []
+    assert opt.diagnostics()["steps"] == 14

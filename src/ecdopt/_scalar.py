@@ -118,9 +118,8 @@ def where(condition: Any, if_true: Any, if_false: Any) -> Any:
         return if_true if condition else if_false
     if xp is torch:
         like = next(v for v in (if_true, if_false, condition) if isinstance(v, Tensor))
-        return torch.where(
-            torch.as_tensor(condition, device=like.device), *_tensors_like(if_true, if_false, like)
-        )
+        condition = _on(condition, torch.bool if not isinstance(condition, Tensor) else None, like)
+        return torch.where(condition, *_tensors_like(if_true, if_false, like))
     return xp.where(condition, if_true, if_false)
 
 
@@ -165,7 +164,13 @@ def _tensors(a: Any, b: Any) -> tuple[Tensor, Tensor]:
 
 def _tensors_like(a: Any, b: Any, like: Tensor) -> tuple[Tensor, Tensor]:
     dtype = torch.promote_types(_dtype(a, like), _dtype(b, like))
-    return (
-        torch.as_tensor(a, dtype=dtype, device=like.device),
-        torch.as_tensor(b, dtype=dtype, device=like.device),
-    )
+    return _on(a, dtype, like), _on(b, dtype, like)
+
+
+def _on(value: Any, dtype: torch.dtype | None, like: Tensor) -> Tensor:
+    """``value`` as a tensor on ``like``'s device. A Python number is written by a fill on
+    that device, not copied from host memory (a host-to-device copy cannot be captured in a
+    CUDA graph)."""
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=dtype or value.dtype)
+    return torch.full((), value, dtype=dtype, device=like.device)
