@@ -40,3 +40,27 @@ def test_train_step_refuses_unknown_names():
         timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "--models: unknown model 'vgg'" in done.stderr
+
+
+def test_gpu_checks_script_calls_existing_scripts_and_options():
+    """benchmarks/gpu_checks.sh (the prepared GPU run) parses, and every benchmark option it
+    passes exists (each script's --help lists it), so the run cannot die on a typo."""
+    import re
+
+    script = SCRIPT.parent / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    calls = re.findall(r"benchmarks/(\w+\.py)([^\n]*)", text)
+    assert {name for name, _ in calls} == {
+        "step_cost.py", "pde_gpu.py", "vision_gpu.py", "train_step.py"
+    }  # fmt: skip
+    for name, rest in calls:
+        helped = subprocess.run(
+            [sys.executable, str(SCRIPT.parent / name), "--help"], capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert helped.returncode == 0, helped.stderr[-2000:]
+        for flag in re.findall(r"(--[a-z][a-z-]*)", rest):
+            assert flag in helped.stdout, f"{name} has no {flag}"
+    tests = re.search(r"-k cuda\s+(.*?)\n", text).group(1).split()
+    assert all((SCRIPT.parents[1] / t).exists() for t in tests)
