@@ -14,8 +14,9 @@ The optimizers take the experiments' preset hyperparameters (BBI with its bounce
 its every-step rotation; ``ecdsep_every8`` rotates every 8th step with ν·sqrt(8)); SGD-momentum
 and AdamW use ``foreach=True``. Every optimizer trains its own copy of the model from the same
 initial weights on the same batches; rounds alternate between optimizers (a change of the
-machine's speed hits all alike) and each figure is the median over rounds of the time per step,
-with its ratio to SGD-momentum. The clock is ``time.process_time`` on the CPU (the CPU time of
+machine's speed hits all alike). Each figure is the median over rounds of the time per step;
+the ratio to SGD-momentum is the median over rounds of the ratio within each round (paired, so
+a slow round slows both sides of its ratio). The clock is ``time.process_time`` on the CPU (the CPU time of
 this process, robust to other processes' load) and the synchronised wall clock on CUDA.
 
     python benchmarks/train_step.py [--models digits,resnet18,gpt] [--threads 1] [--rounds 7]
@@ -223,14 +224,14 @@ def bench_workload(
                 trainer.step()
             sync()
             times[name].append((clock() - start) / steps)
-    base = statistics.median(times["sgdm"]) if "sgdm" in times else math.nan
+    base = times.get("sgdm")
     params = sum(p.numel() for p in trainers[optimizers[0]].model.parameters())
     rows = {}
     for name, values in times.items():
-        median = statistics.median(values)
+        paired = [t / b for t, b in zip(values, base, strict=True)] if base else [math.nan]
         rows[name] = {
-            "median_ms": 1e3 * median,
-            "ratio_to_sgdm": median / base,
+            "median_ms": 1e3 * statistics.median(values),
+            "ratio_to_sgdm": statistics.median(paired),
             "final_loss": trainers[name].step(),
         }
     return {"params": params, "optimizers": rows}
