@@ -16,8 +16,9 @@ and AdamW use ``foreach=True``. Every optimizer trains its own copy of the model
 initial weights on the same batches; rounds alternate between optimizers (a change of the
 machine's speed hits all alike). Each figure is the median over rounds of the time per step;
 the ratio to SGD-momentum is the median over rounds of the ratio within each round (paired, so
-a slow round slows both sides of its ratio). The clock is ``time.process_time`` on the CPU (the CPU time of
-this process, robust to other processes' load) and the synchronised wall clock on CUDA.
+a slow round slows both sides of its ratio). The clock is ``time.process_time`` on the CPU
+(the CPU time of this process, robust to other processes' load) and the synchronised wall
+clock on CUDA.
 
     python benchmarks/train_step.py [--models digits,resnet18,gpt] [--threads 1] [--rounds 7]
         [--steps 4] [--device cpu|cuda] [--json FILE]
