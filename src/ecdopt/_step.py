@@ -763,9 +763,10 @@ def device_step(
     safe = safe & isfinite(energy)
     refused = d.moving & ~safe
     moving = d.moving & safe
+    not_finite = ~d.finite
     for g in particle.grads:  # a non-finite gradient must not reach Π or Θ (the step is masked)
-        g.masked_fill_(~d.finite, 0.0)
-    _store(state, "skipped", state["skipped"] + (~d.finite | refused))
+        g.masked_fill_(not_finite.to(g.device), 0.0)
+    _store(state, "skipped", state["skipped"] + (not_finite | refused))
     keep = d.finite & ~refused
     _store(state, "loss_floor", where(keep, d.floor, state["loss_floor"]))
     _store(state, "potential", where(keep, d.potential, state["potential"]))
