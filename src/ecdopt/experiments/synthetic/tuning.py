@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ecdopt.ensemble import EnsembleResult, simulate, simulate_adam, simulate_sgd
+from ecdopt.experiments.registry import sampler_seed
 
 __all__ = ["Method", "TuningResult", "run_method", "tune"]
 
@@ -84,7 +85,7 @@ def tune(
     non-finite run counts as +1e300. ``on_batch(k)`` is called after each batch of k trials.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed))
     study = optuna.create_study(direction="minimize", sampler=sampler)
     done = 0
     while done < trials:
