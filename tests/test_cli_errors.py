@@ -500,14 +500,14 @@ def _assert_interrupted(code: int, err: str, command: str, saved: str) -> None:
 
 def test_ctrl_c_in_synthetic_keeps_the_finished_direction(tmp_path: Path):
     r = tmp_path / "b.json"
-    args = ["synthetic", "basins", "--runs", "50", "--steps", "400000", "--occupation-steps",
+    args = ["synthetic", "basins", "--runs", "20", "--steps", "400000", "--occupation-steps",
             "0", "--json", str(r), "-q"]  # fmt: skip
     code, err = _interrupt(args, tmp_path, lambda: _json_has(r, lambda d: d["directions_done"]))
     _assert_interrupted(code, err, "synthetic", f"results so far in {r}")
     doc = json.loads(r.read_text())
     assert doc["complete"] is False and doc["directions_done"] == ["uniform"]
     counts = doc["by_direction"]["uniform"]["counts"]
-    assert sum(counts.values()) == 50
+    assert sum(counts.values()) == 20
 
 
 def test_ctrl_c_in_pde_train_keeps_the_finished_runs(tmp_path: Path):

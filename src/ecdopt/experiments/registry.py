@@ -31,6 +31,7 @@ __all__ = [
     "make_optimizer",
     "off_shell_steps",
     "sampler_seed",
+    "seed_plus",
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("bbi", "ecdsep", "sgdm", "adam")
@@ -238,3 +239,10 @@ def sampler_seed(value: int | None) -> int | None:
         return value
     digest = hashlib.blake2b(str(value).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big")
+
+
+def seed_plus(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into the seeds the library accepts (0 <= seed < 2**63): the
+    derived seeds of run i, of a second phase, ... stay valid for any user seed, and equal
+    ``seed + offset`` whenever that fits."""
+    return (seed + offset) % 2**63

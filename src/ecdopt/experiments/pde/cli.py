@@ -218,7 +218,8 @@ def run_train(args: argparse.Namespace) -> int:
         results.doc = {k: v for k, v in doc.items() if not k.startswith("_")}
         results.update(complete=False)
         log(
-            f"run {r.seed - args.seed + 1}/{doc['runs_total']} (seed {r.seed}): nearest solution "
+            f"run {(r.seed - args.seed) % 2**63 + 1}/{doc['runs_total']} (seed {r.seed}): nearest "
+            f"solution "
             f"{r.nearest_solution}, relative L2 error {r.relative_l2_error:.4g}, final loss "
             f"{r.final_loss:.4g}, {r.wall_seconds:.1f} s "
             f"({1e3 * r.wall_seconds / max(r.iterations, 1):.2f} ms/it)"

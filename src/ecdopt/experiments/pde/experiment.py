@@ -501,8 +501,10 @@ def train_runs(
     progress = kwargs.pop("progress", False)
     calls = [
         {
-            "seed": seed + i,
-            "init_seed": seed + i if vary_init else (seed if init_seed is None else init_seed),
+            "seed": registry.seed_plus(seed, i),
+            "init_seed": registry.seed_plus(seed, i)
+            if vary_init
+            else (seed if init_seed is None else init_seed),
             "desc": f"{preset.name}/{optimizer} run {i + 1}/{runs}",
             **kwargs,
         }

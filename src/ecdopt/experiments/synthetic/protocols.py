@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ecdopt.ensemble import simulate
-from ecdopt.experiments.registry import SEARCH_SPACES, ensemble_off_shell_steps
+from ecdopt.experiments.registry import SEARCH_SPACES, ensemble_off_shell_steps, seed_plus
 from ecdopt.experiments.synthetic.tuning import Method, run_method, tune
 from ecdopt.landscapes import ackley, make_two_basin, two_basin, zakharov
 from ecdopt.theory import (
@@ -156,7 +156,7 @@ def ackley_protocol(
             theta0,
             cfg.steps,
             tuned.params,
-            seed=cfg.seed + 1,
+            seed=seed_plus(cfg.seed, 1),
             target=cfg.target,
             stop_at_target=True,
             callback=_progress_callback(progress),
@@ -179,7 +179,7 @@ def ackley_protocol(
                 start[None],
                 cfg.steps,
                 tuned.params,
-                seed=cfg.seed + 2,
+                seed=seed_plus(cfg.seed, 2),
                 target=cfg.target,
                 stop_at_target=True,
                 record_every=1,
@@ -428,7 +428,7 @@ def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
-        seed=cfg.seed + 7,
+        seed=seed_plus(cfg.seed, 7),
         callback=cb,
     )
     progress(total % 200)
@@ -494,7 +494,7 @@ def _trajectories(cfg: BasinsConfig, land, direction: str) -> dict:
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
-        seed=cfg.seed + 3,
+        seed=seed_plus(cfg.seed, 3),
         record_every=5,
         callback=_classifier(centers, hess, labels, _noop),
     )

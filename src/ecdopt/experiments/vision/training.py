@@ -387,7 +387,7 @@ def _restore(
 def train_run(cfg: RunConfig, data: ImageData | None = None) -> dict[str, Any]:
     """Train one model; returns the run record (curves, final and best test accuracy).
 
-    ``data`` (loaded by :func:`ecdopt.experiments.data.load_data` when None) may live on any
+    ``data`` (loaded by :func:`ecdopt.experiments.vision.data.load_data` when None) may live on any
     device; it is moved to the run's device. With ``cfg.checkpoint`` set, the model, optimizer
     state, data-order and augmentation generator, global RNG and curves are saved after every
     epoch; ``cfg.resume`` continues from that file exactly as if never interrupted.
@@ -829,12 +829,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         ckpt = str(out_dir / f"{stem}-run{r}.pt") if out_dir is not None else None
         label = f"run {r + 1}/{cfg.runs}" if cfg.runs > 1 else ""
         run = train_run(
-            _run_config(cfg, hyper, epochs, batch_size, cfg.seed + r, label, ckpt), data
+            _run_config(
+                cfg, hyper, epochs, batch_size, registry.seed_plus(cfg.seed, r), label, ckpt
+            ),
+            data,
         )
         run.pop("model_state")
         runs.append(run)
         log(
-            f"run {r + 1}/{cfg.runs} seed {cfg.seed + r}: test accuracy {run['test_accuracy']:.4f} "
+            f"run {r + 1}/{cfg.runs} seed {run['seed']}: test accuracy {run['test_accuracy']:.4f} "
             f"(best {run['best_test_accuracy']:.4f}) in {run['train_time_s']:.1f} s"
             + (" [diverged]" if run["diverged"] else "")
         )
