@@ -57,7 +57,7 @@ def test_basins_smoke(tmp_path) -> None:
 
 def test_bad_arguments_are_user_errors(capsys) -> None:
     assert main(["synthetic", "ackley", "--smoke", "--starts", "0", "--no-progress"]) == 2
-    assert "--starts must be positive" in capsys.readouterr().err
+    assert "--starts: expected an integer >= 1" in capsys.readouterr().err
     assert main(["synthetic", "zakharov", "--smoke", "--methods", "lbfgs"]) == 2
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ecdopt._errors import CommandError
 
@@ -47,6 +49,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: ``ecdopt CMD: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line (with a pointer to ``--help``) and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _chosen(argv: Sequence[str]) -> str | None:
     """The sub-command named in ``argv`` (its first argument that is not an option), if any."""
     for arg in argv:
@@ -58,7 +68,7 @@ def _chosen(argv: Sequence[str]) -> str | None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser with the full parser of ``command`` (only its module is imported);
     the other sub-commands appear in ``--help`` only."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ecdopt",
         description="Energy-Conserving Descent (ECD) optimizers: experiments and tools.",
     )
@@ -82,14 +92,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ecdopt`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen(argv)
+    label = command or "(no command)"
     try:
-        args = build_parser(command).parse_args(argv)
+        try:
+            args = build_parser(command).parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
+            return exc.code if isinstance(exc.code, int) else 2
+        label = " ".join(filter(None, [command, getattr(args, "pde_command", None)]))
         return int(args.func(args) or 0)
     except CommandError as exc:
-        print(f"ecdopt {command}: error: {exc}", file=sys.stderr)
+        print(f"ecdopt {label}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed early (``ecdopt ... | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # the environment refused a file operation (disk full, permissions)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ecdopt {label}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(_interrupted(command or "(no command)"), file=sys.stderr)
+        print(_interrupted(label), file=sys.stderr)
         return 130
 
 

@@ -13,6 +13,7 @@ as zero), ``bounce_period`` = T0, ``n_bounces`` = N_b, ``bounce_patience`` = T1,
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +27,11 @@ __all__ = [
     "SEARCH_SPACES",
     "Hyperparameter",
     "check_hyperparameter",
+    "ensemble_off_shell_steps",
     "make_optimizer",
+    "off_shell_steps",
+    "sampler_seed",
+    "seed_plus",
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("bbi", "ecdsep", "sgdm", "adam")
@@ -197,3 +202,47 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "ecdsep": {"lr": _PAPER_LRS, "extra_energy": (0.0, 0.1, 0.5, 1.0, 2.0)},
     "adam": {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)},
 }
+
+
+# --------------------------------------------------------------------------------------------
+# diagnostics recorded in every result file
+# --------------------------------------------------------------------------------------------
+
+
+def off_shell_steps(optimizer: Any) -> int | None:
+    """Steps on which an ECD optimizer left its energy shell (``diagnostics()["off_shell_steps"]``);
+    None for optimizers without it (SGD, Adam, or a library version that does not count them)."""
+    diagnostics = getattr(optimizer, "diagnostics", None)
+    if not callable(diagnostics):
+        return None
+    value = diagnostics().get("off_shell_steps")
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return int(value)
+
+
+def ensemble_off_shell_steps(result: Any) -> list[int] | None:
+    """Per-particle off-shell step counts of an ensemble run (``EnsembleResult.off_shell_steps``),
+    None when the result does not carry them."""
+    value = getattr(result, "off_shell_steps", None)
+    if value is None:
+        return None
+    return [int(v) for v in value.reshape(-1).tolist()]
+
+
+def sampler_seed(value: int | None) -> int | None:
+    """A seed Optuna's samplers accept (numpy's generators need 0 <= seed < 2**32): ``value``
+    itself when it fits, else a 32-bit hash of it (so every 63-bit seed works)."""
+    if value is None:
+        return None
+    if 0 <= value < 2**32:
+        return value
+    digest = hashlib.blake2b(str(value).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def seed_plus(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into the seeds the library accepts (0 <= seed < 2**63): the
+    derived seeds of run i, of a second phase, ... stay valid for any user seed, and equal
+    ``seed + offset`` whenever that fits."""
+    return (seed + offset) % 2**63

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ecdopt.ensemble import simulate
-from ecdopt.experiments.registry import SEARCH_SPACES
+from ecdopt.experiments.registry import SEARCH_SPACES, ensemble_off_shell_steps, seed_plus
 from ecdopt.experiments.synthetic.tuning import Method, run_method, tune
 from ecdopt.landscapes import ackley, make_two_basin, two_basin, zakharov
 from ecdopt.theory import (
@@ -41,9 +41,11 @@ F64 = torch.float64
 #: the fixed start of the Ackley search (the authors' notebook)
 ACKLEY_START = (-4.0, 3.0)
 Progress = Callable[[int], None]
+#: called with the summary so far after each finished method (or bounce direction)
+OnResult = Callable[[dict], None]
 
 
-def _noop(_: int) -> None:
+def _noop(_: object) -> None:
     return None
 
 
@@ -114,11 +116,15 @@ def ackley_methods() -> dict[str, Method]:
 
 
 def ackley_protocol(
-    cfg: AckleyConfig, progress: Progress = _noop, record_curves: bool = True
+    cfg: AckleyConfig,
+    progress: Progress = _noop,
+    record_curves: bool = True,
+    on_result: OnResult = _noop,
 ) -> tuple[dict, dict]:
     """§4.1: tune each method at (−4, 3), then evolve ``starts`` × ``repeats`` runs.
 
     A run stops once it visits F < target; a start succeeds if any of its runs did.
+    ``on_result(summary)`` is called after each method with the summary so far.
     """
     fn = lambda t: ackley(t, b=cfg.b)  # noqa: E731
     start = torch.tensor(ACKLEY_START, dtype=F64)
@@ -150,7 +156,7 @@ def ackley_protocol(
             theta0,
             cfg.steps,
             tuned.params,
-            seed=cfg.seed + 1,
+            seed=seed_plus(cfg.seed, 1),
             target=cfg.target,
             stop_at_target=True,
             callback=_progress_callback(progress),
@@ -164,6 +170,7 @@ def ackley_protocol(
             "run_successes": int(hit.sum()),
             "runs": cfg.starts * cfg.repeats,
             "median_steps": float(steps_ok.median()) if steps_ok.numel() else None,
+            "off_shell_steps": ensemble_off_shell_steps(res),
         }
         if record_curves:  # Figs. 2-3: one run from the tuning start, with the tuned values
             curve = run_method(
@@ -172,13 +179,18 @@ def ackley_protocol(
                 start[None],
                 cfg.steps,
                 tuned.params,
-                seed=cfg.seed + 2,
+                seed=seed_plus(cfg.seed, 2),
                 target=cfg.target,
                 stop_at_target=True,
                 record_every=1,
             )
             extras["curves"][name] = (curve.history_theta[:, 0], curve.history_value[:, 0])
-    summary = {
+        on_result(_ackley_summary(cfg, results, hyper))
+    return _ackley_summary(cfg, results, hyper), extras
+
+
+def _ackley_summary(cfg: AckleyConfig, results: dict, hyper: dict) -> dict:
+    return {
         "target": cfg.target,
         "ackley_b": cfg.b,
         "start_for_tuning": list(ACKLEY_START),
@@ -190,10 +202,10 @@ def ackley_protocol(
             "steps": cfg.steps,
             "seed": cfg.seed,
         },
-        "results": results,
-        "hyperparameters": hyper,
+        "methods_done": list(results),
+        "results": dict(results),
+        "hyperparameters": dict(hyper),
     }
-    return summary, extras
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +260,13 @@ def _first_below(values: Tensor, threshold: float) -> int | None:
     return int(idx[0]) if idx.numel() else None
 
 
-def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[dict, dict]:
-    """§4.2: tune each method from (−1, …, −1), then run ``steps`` steps with the best values."""
+def zakharov_protocol(
+    cfg: ZakharovConfig, progress: Progress = _noop, on_result: OnResult = _noop
+) -> tuple[dict, dict]:
+    """§4.2: tune each method from (−1, …, −1), then run ``steps`` steps with the best values.
+
+    ``on_result(summary)`` is called after each method with the summary so far.
+    """
     start = -torch.ones(cfg.dim, dtype=F64)
     methods = zakharov_methods()
     results, hyper, curves = {}, {}, {}
@@ -276,8 +293,14 @@ def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[
             "final_loss": float(res.value[0]),
             "best_loss": float(res.best_value[0]),
             "steps_to": {f"{t:.0e}": _first_below(values, t) for t in cfg.thresholds},
+            "off_shell_steps": ensemble_off_shell_steps(res),
         }
-    summary = {
+        on_result(_zakharov_summary(cfg, results, hyper))
+    return _zakharov_summary(cfg, results, hyper), {"curves": curves}
+
+
+def _zakharov_summary(cfg: ZakharovConfig, results: dict, hyper: dict) -> dict:
+    return {
         "dim": cfg.dim,
         "start": -1.0,
         "protocol": {
@@ -286,10 +309,10 @@ def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[
             "steps": cfg.steps,
             "seed": cfg.seed,
         },
-        "results": results,
-        "hyperparameters": hyper,
+        "methods_done": list(results),
+        "results": dict(results),
+        "hyperparameters": dict(hyper),
     }
-    return summary, {"curves": curves}
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,6 +393,7 @@ def _first_passage(cfg: BasinsConfig, direction: str, progress: Progress) -> dic
     return {
         "measured_ratio": n1 / n2 if n2 else None,
         "counts": {"basin1": n1, "basin2": n2, "neither": cfg.runs - n1 - n2},
+        "off_shell_steps": ensemble_off_shell_steps(res),
         "running_ratio": running,
     }
 
@@ -393,7 +417,7 @@ def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
             progress(200)
 
     total = cfg.occupation_burn_in + cfg.occupation_steps
-    simulate(
+    res = simulate(
         land.fn,
         start.expand(cfg.occupation_runs, 2).clone(),
         total,
@@ -404,7 +428,7 @@ def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
-        seed=cfg.seed + 7,
+        seed=seed_plus(cfg.seed, 7),
         callback=cb,
     )
     progress(total % 200)
@@ -424,15 +448,20 @@ def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
         "measured_ratio": frac[0] / frac[1] if frac[1] > 0 else None,
         "predicted_ratio_eq40": vol[0] / vol[1],
         "predicted_ratio_eq47": eq47[0] / eq47[1],
+        "off_shell_steps": ensemble_off_shell_steps(res),
     }
 
 
 def basins_protocol(
-    cfg: BasinsConfig, directions: tuple[str, ...], progress: Progress = _noop
+    cfg: BasinsConfig,
+    directions: tuple[str, ...],
+    progress: Progress = _noop,
+    on_result: OnResult = _noop,
 ) -> tuple[dict, dict]:
     """§4.3: first-passage basin counts from (10, −10), per bounce direction, and the prediction.
 
     The top-level fields describe ``directions[0]``; ``by_direction`` holds every direction.
+    ``on_result(summary)`` is called after each direction with the summary so far.
     """
     land = make_two_basin(cfg.epsilon)
     e0 = float(two_basin(torch.tensor(cfg.start, dtype=F64), epsilon=cfg.epsilon))
@@ -445,34 +474,43 @@ def basins_protocol(
         if cfg.occupation_steps > 0:
             entry["occupation"] = _occupation(cfg, d, progress)
         by_dir[d] = entry
+        on_result(_basins_summary(cfg, by_dir, pred, e0))
     if cfg.trajectories > 0:  # Fig. 5: ten bounced trajectories from the same start
-        centers, hess = basin_regions(cfg.epsilon)
-        labels = torch.zeros(cfg.trajectories, dtype=torch.int64)
-        tr = simulate(
-            land.fn,
-            torch.tensor(cfg.start, dtype=F64).expand(cfg.trajectories, 2).clone(),
-            min(cfg.steps, 6000),
-            lr=cfg.lr,
-            loss_floor=cfg.loss_floor,
-            extra_energy=cfg.extra_energy,
-            bounce_period=cfg.bounce_period,
-            n_bounces=cfg.n_bounces,
-            bounce_patience=cfg.bounce_patience,
-            bounce_direction=directions[0],
-            seed=cfg.seed + 3,
-            record_every=5,
-            callback=_classifier(centers, hess, labels, _noop),
-        )
-        extras["trajectories"] = tr.history_theta
-        extras["centers"], extras["hessians"] = centers, hess
-    first = by_dir[directions[0]]
-    summary = {
+        extras.update(_trajectories(cfg, land, directions[0]))
+    return _basins_summary(cfg, by_dir, pred, e0), extras
+
+
+def _trajectories(cfg: BasinsConfig, land, direction: str) -> dict:
+    centers, hess = basin_regions(cfg.epsilon)
+    labels = torch.zeros(cfg.trajectories, dtype=torch.int64)
+    tr = simulate(
+        land.fn,
+        torch.tensor(cfg.start, dtype=F64).expand(cfg.trajectories, 2).clone(),
+        min(cfg.steps, 6000),
+        lr=cfg.lr,
+        loss_floor=cfg.loss_floor,
+        extra_energy=cfg.extra_energy,
+        bounce_period=cfg.bounce_period,
+        n_bounces=cfg.n_bounces,
+        bounce_patience=cfg.bounce_patience,
+        bounce_direction=direction,
+        seed=seed_plus(cfg.seed, 3),
+        record_every=5,
+        callback=_classifier(centers, hess, labels, _noop),
+    )
+    return {"trajectories": tr.history_theta, "centers": centers, "hessians": hess}
+
+
+def _basins_summary(cfg: BasinsConfig, by_dir: dict, pred: float, e0: float) -> dict:
+    first = next(iter(by_dir.values()))
+    return {
         "predicted_ratio": pred,
         "measured_ratio": first["measured_ratio"],
         "runs": cfg.runs,
         "counts": first["counts"],
-        "bounce_direction": directions[0],
-        "by_direction": by_dir,
+        "bounce_direction": first["bounce_direction"],
+        "directions_done": list(by_dir),
+        "by_direction": dict(by_dir),
         "protocol": {
             "start": list(cfg.start),
             "lr": cfg.lr,
@@ -487,7 +525,6 @@ def basins_protocol(
             "energy": e0 - cfg.loss_floor,
         },
     }
-    return summary, extras
 
 
 def _jsonable(d: dict) -> dict:
