@@ -46,6 +46,18 @@ def test_zakharov_smoke(tmp_path) -> None:
     assert (out / "zakharov_losses.png").exists()
 
 
+@pytest.mark.parametrize("mode", [None, "rescale"])
+def test_bbi_in_the_protocols_is_algorithm1_unless_asked(tmp_path, mode) -> None:
+    """A figure labelled BBI is Algorithm 1's (``off_shell="exact"``) unless --off-shell says
+    otherwise; every ECD run records its off-shell steps."""
+    extra = () if mode is None else ("--off-shell", mode)
+    data, _ = _run(tmp_path, "zakharov", "--methods", "bbi,ecdsep", *extra)
+    for name in ("bbi", "ecdsep"):
+        assert data["hyperparameters"][name]["off_shell"] == (mode or "exact")
+        steps = data["results"][name]["off_shell_steps"]
+        assert isinstance(steps, list) and all(isinstance(k, int) and k >= 0 for k in steps)
+
+
 def test_basins_smoke(tmp_path) -> None:
     data, out = _run(tmp_path, "basins", "--bounce-direction", "uniform", "--runs", "30")
     assert data["bounce_direction"] == "uniform" and data["runs"] == 30

@@ -71,7 +71,9 @@ def _log(args: argparse.Namespace, experiment: str, done: list) -> None:
 def run_ackley(args: argparse.Namespace, results: ResultsFile) -> tuple[dict, dict]:
     """§4.1 with the options of ``args``; returns (summary, extras for the plots)."""
     direction = args.bounce_direction if args.bounce_direction != "both" else "uniform"
-    cfg = AckleyConfig(b=args.ackley_b, seed=args.seed, bounce_direction=direction)
+    cfg = AckleyConfig(
+        b=args.ackley_b, seed=args.seed, bounce_direction=direction, off_shell=args.off_shell
+    )
     if args.smoke:
         cfg = replace(cfg, trials=8, tune_steps=50, batch=4, starts=4, repeats=2, steps=300)
     methods = _methods(args.methods, ackley_methods())
@@ -92,7 +94,7 @@ def run_ackley(args: argparse.Namespace, results: ResultsFile) -> tuple[dict, di
 
 def run_zakharov(args: argparse.Namespace, results: ResultsFile) -> tuple[dict, dict]:
     """§4.2 with the options of ``args``."""
-    cfg = ZakharovConfig(seed=args.seed, dim=args.dim)
+    cfg = ZakharovConfig(seed=args.seed, dim=args.dim, off_shell=args.off_shell)
     if args.smoke:
         cfg = replace(cfg, trials=8, tune_steps=100, batch=4, steps=400)
     methods = _methods(args.methods, zakharov_methods())
@@ -112,7 +114,7 @@ def run_zakharov(args: argparse.Namespace, results: ResultsFile) -> tuple[dict, 
 
 def run_basins(args: argparse.Namespace, results: ResultsFile) -> tuple[dict, dict]:
     """§4.3 with the options of ``args``."""
-    cfg = BasinsConfig(seed=args.seed)
+    cfg = BasinsConfig(seed=args.seed, off_shell=args.off_shell)
     if args.smoke:
         cfg = replace(
             cfg,
@@ -203,6 +205,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--dim", type=int_type(1, 10**5), default=10, help="zakharov dimension (10)")
     g.add_argument("--methods", help="comma-separated subset of the optimizers")
+    g.add_argument(
+        "--off-shell",
+        choices=("exact", "rescale"),
+        default="exact",
+        help="BBI steps with V > 2E: 'exact' (Algorithm 1, the default, so a figure labelled BBI "
+        "is Algorithm 1's) or 'rescale' (the optimizer's guard); either way counted in the "
+        "JSON's off_shell_steps",
+    )
     g = p.add_argument_group("basins")
     g.add_argument("--runs", type=_SIZE, help="independent runs (4000)")
     g.add_argument("--n-bounces", type=int_type(0, 10**9), help="N_b, fixed bounces (1)")

@@ -79,6 +79,7 @@ class AckleyConfig:
     seed: int = 0
     methods: tuple[str, ...] = ("bbi", "sgdm", "adam", "ecdsep")
     bounce_direction: str = "uniform"  # the authors' code drew uniform directions
+    off_shell: str = "exact"  # Algorithm 1 literally: a figure labelled BBI is Algorithm 1's
 
 
 def ackley_methods() -> dict[str, Method]:
@@ -139,6 +140,8 @@ def ackley_protocol(
             method = replace(
                 method, fixed={**method.fixed, "bounce_direction": cfg.bounce_direction}
             )
+        if method.kind == "ecd":
+            method = replace(method, fixed={**method.fixed, "off_shell": cfg.off_shell})
         tuned = tune(
             method,
             fn,
@@ -225,6 +228,7 @@ class ZakharovConfig:
     seed: int = 0
     methods: tuple[str, ...] = ("bbi", "sgdm", "sgdm_narrow", "adam", "ecdsep")
     thresholds: tuple[float, ...] = (1e-6, 1e-10, 1e-20)
+    off_shell: str = "exact"  # Algorithm 1 literally: a figure labelled BBI is Algorithm 1's
 
 
 def zakharov_methods() -> dict[str, Method]:
@@ -272,6 +276,8 @@ def zakharov_protocol(
     results, hyper, curves = {}, {}, {}
     for name in cfg.methods:
         method = methods[name]
+        if method.kind == "ecd":
+            method = replace(method, fixed={**method.fixed, "off_shell": cfg.off_shell})
         tuned = tune(
             method,
             zakharov,
@@ -335,6 +341,7 @@ class BasinsConfig:
     epsilon: float = 2.75e-6
     start: tuple[float, float] = (10.0, -10.0)
     bounce_direction: str = "gaussian"
+    off_shell: str = "exact"  # Algorithm 1 literally
     seed: int = 0
     trajectories: int = 10
     # beyond the paper: time-averaged occupation with the floor below the minima (V_I > 0)
@@ -382,6 +389,7 @@ def _first_passage(cfg: BasinsConfig, direction: str, progress: Progress) -> dic
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
+        off_shell=cfg.off_shell,
         seed=cfg.seed,
         callback=_classifier(centers, hess, labels, progress),
     )
@@ -428,6 +436,7 @@ def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
+        off_shell=cfg.off_shell,
         seed=seed_plus(cfg.seed, 7),
         callback=cb,
     )
@@ -494,6 +503,7 @@ def _trajectories(cfg: BasinsConfig, land, direction: str) -> dict:
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
+        off_shell=cfg.off_shell,
         seed=seed_plus(cfg.seed, 3),
         record_every=5,
         callback=_classifier(centers, hess, labels, _noop),
