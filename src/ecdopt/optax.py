@@ -15,10 +15,11 @@ V = F_eff**η; at the first step E = E(V0, δE) and Π = −G/|G|·sqrt(Π²_tar
 a bounce when due (c0 = T0 or c1 = T1): Π ← |Π|·ξ/|ξ|; restoration and kick Π ← α·Π − Δt·k·G;
 drift Θ ← Θ + Δt·D·Π (eqs. 11-12); the ECDSep rotation Π ← |Π|·w/|w|, w = Π + ν|Π|ξ.
 
-Everything runs inside ``jax.jit`` with no host callback: the first step, the bounces and the
-skips are ``lax.cond``/``jnp.where`` on the state's counters, so ``jax.vmap`` over particles and
-``optax.chain`` work. A NaN/inf loss or gradient, or an update that would overflow, returns a
-zero update, leaves Π and the counters unchanged and counts in ``state.skipped``.
+Everything runs inside ``jax.jit`` with no host callback: every decision (the first step, a
+bounce, a skip) is a mask on the step's scalars, computed from the state's counters, and the
+random draws sit in a ``lax.switch`` that runs only when one is due; ``jax.vmap`` over particles
+and ``optax.chain`` work. A NaN/inf loss or gradient, or an update that would overflow, returns
+a zero update, leaves Π and the counters unchanged and counts in ``state.skipped``.
 
 Random draws (bounce directions, rotations, a random first direction for a zero gradient) are
 keyed by (``key``, step index, purpose), as the torch optimizer keys its draws by its seed: a
