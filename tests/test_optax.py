@@ -437,6 +437,7 @@ def test_missing_value_and_bad_arguments() -> None:
     bad = [
         (lambda: eo.bbi(0.0), "learning_rate"),
         (lambda: eo.bbi(math.nan), "learning_rate"),
+        (lambda: eo.bbi(jnp.ones(2)), "learning_rate"),
         (lambda: eo.bbi(0.1, bounce_period=0), "bounce_period"),
         (lambda: eo.bbi(0.1, n_bounces=1.5), "n_bounces"),
         (lambda: eo.ecd(0.1, hamiltonian="newton"), "hamiltonian"),
@@ -449,6 +450,7 @@ def test_missing_value_and_bad_arguments() -> None:
     for make, name in bad:
         with pytest.raises(ValueError, match=name):
             make()
+    assert eo.bbi(jnp.float32(0.1)).init(params).count == 0  # a 0-dim array Δt, as in optax
     with pytest.raises(TypeError, match="chaos"):
         eo.bbi(0.1, chaos=0.1)  # BBI fixes ν = 0, as ecdopt.BBI does
 

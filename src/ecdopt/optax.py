@@ -126,33 +126,28 @@ def ecd(
     ``update`` runs eagerly; under ``jax.jit`` the particle does not move (as at any step with
     V ≤ ε2) until a loss above the floor arrives.
     """
-    config = ECDConfig(
-        hamiltonian=hamiltonian,
-        loss_power=loss_power,
-        loss_floor=loss_floor,
-        extra_energy=extra_energy,
-        bounce_period=bounce_period,
-        n_bounces=n_bounces,
-        bounce_patience=bounce_patience,
-        chaos=chaos,
-        kinetic_offset=kinetic_offset,
-        conserve_energy=conserve_energy,
-        energy_tol=energy_tol,
-        stop_tol=stop_tol,
-        adapt_floor=adapt_floor,
-        bounce_direction=bounce_direction,
-        off_shell=off_shell,
-    )
+    config = ECDConfig.from_arguments(locals())
+    if (
+        isinstance(learning_rate, jax.Array | np.ndarray | np.generic)
+        and np.ndim(learning_rate) == 0
+    ):
+        learning_rate = float(learning_rate)  # a concrete 0-dim array, as optax allows
     if not callable(learning_rate):
         learning_rate = float(check_lr(learning_rate, "learning_rate"))
+    return _transformation(config, learning_rate, weight_decay, key)
+
+
+def _transformation(
+    config: ECDConfig, learning_rate: Any, weight_decay: float, key: KeyLike
+) -> optax.GradientTransformationExtraArgs:
     decay = float(check_number("weight_decay", weight_decay, minimum=0.0, meaning="λ"))
     step = _Step(
         config=config,
         hamiltonian=get_hamiltonian(
-            hamiltonian,
+            config.hamiltonian,
             kinetic_offset=config.kinetic_offset,
             loss_power=config.loss_power,
-            off_shell=off_shell,
+            off_shell=config.off_shell,
         ),
         learning_rate=learning_rate,
         weight_decay=decay,
@@ -363,13 +358,37 @@ def _scaled(tree: Any, factor: jax.Array) -> Any:
     return jax.tree.map(lambda x: x * factor.astype(x.dtype), tree)
 
 
-def _force(grads: Any, params: Any, like: Any, weight_decay: float) -> Any:
-    """G = ∇F + λΘ in Π's dtypes."""
+def _descent(grads: Any, params: Any, like: Any, weight_decay: float) -> Any:
+    """−G/max(1, λ), G = ∇F + λΘ, in Π's dtypes: the first direction (scaled, as the torch
+    optimizer does, so that λΘ cannot overflow)."""
+    largest = max(1.0, weight_decay)
     if weight_decay == 0.0:
-        return jax.tree.map(lambda g, m: g.astype(m.dtype), grads, like)
+        return jax.tree.map(lambda g, m: -g.astype(m.dtype), grads, like)
     return jax.tree.map(
-        lambda g, p, m: g.astype(m.dtype) + weight_decay * p.astype(m.dtype), grads, params, like
+        lambda g, p, m: (
+            -(g.astype(m.dtype) / largest + (weight_decay / largest) * p.astype(m.dtype))
+        ),
+        grads,
+        params,
+        like,
     )
+
+
+def _kicked(
+    momentum: Any, grads: Any, params: Any, rescale: Any, kick: Any, decay: float, moving: Any
+) -> Any:
+    """Π ← α·Π − k·∇F − (k·λ)·Θ (the torch kernel's order); a gradient that does not move the
+    particle (it may be non-finite) is replaced by 0."""
+
+    def leaf(m, g, p=None):
+        new = rescale.astype(m.dtype) * m - kick.astype(m.dtype) * jnp.where(moving, g, 0)
+        if p is not None:
+            new = new - (kick * decay).astype(m.dtype) * p.astype(m.dtype)
+        return new
+
+    if decay == 0.0:
+        return jax.tree.map(leaf, momentum, grads)
+    return jax.tree.map(leaf, momentum, grads, params)
 
 
 # ------------------------------------------------------------------ the step
@@ -518,21 +537,17 @@ class _Step:
         """Initialisation (first step), bounce, kick, drift, rotation and bookkeeping, every
         factor masked by ``step.moving``."""
         real, moving = state.energy.dtype, step.moving
-        force = _force(grads, params, state.momentum, self.wd)
-        momentum, momentum_sq, state = self._redirect(state, force, step, call)
+        descent = _descent(grads, params, state.momentum, self.wd)
+        momentum, momentum_sq, state = self._redirect(state, descent, step, call)
         c = self._coefficients(step.energy, d, momentum_sq, grads)  # α from the Π² it has
         rescale = jnp.where(moving, c.rescale, 1.0)
         kick = jnp.where(moving, step.lr * c.kick, 0.0)
         if self.h.projects_force:  # unit speed: the kick orthogonal to Π
-            dot = _dot(momentum, force, real)
+            dot = _dot(momentum, grads, real)  # Π·G = Π·∇F + λ·(Π·Θ)
+            if self.wd != 0.0:
+                dot = dot + self.wd * _dot(momentum, params, real)
             rescale = jnp.where(moving, projected_rescale(rescale, kick, dot), 1.0)
-        momentum = jax.tree.map(
-            lambda m, f: (
-                rescale.astype(m.dtype) * m - kick.astype(m.dtype) * jnp.where(moving, f, 0)
-            ),
-            momentum,
-            force,
-        )
+        momentum = _kicked(momentum, grads, params, rescale, kick, self.wd, moving)
         momentum_sq = _sum_of_squares(momentum, real)
         drift = c.drift
         if drift is None:  # D needs Π² after the kick (separable)
@@ -562,7 +577,7 @@ class _Step:
         )
 
     def _redirect(
-        self, state: ECDState, force: Any, step: _Moving, call: jax.Array
+        self, state: ECDState, descent: Any, step: _Moving, call: jax.Array
     ) -> tuple[Any, jax.Array, ECDState]:
         """Π before the kick, and its Π²: at the first step Π0 = −G/|G|·sqrt(Π²_target(E, V0))
         (eqs. 13-14; a random direction for G = 0); a bounce Π ← |Π|·ξ/|ξ| when due (Algorithm 1,
@@ -571,9 +586,9 @@ class _Step:
         init = ~state.initialized & moving
         if self.wd == 0.0:
             direction_sq = step.grad_sq
-        else:  # |∇F + λΘ|², needed at the first step only
+        else:  # |G|²/max(1, λ)², needed at the first step only
             direction_sq = lax.cond(
-                init, lambda: _sum_of_squares(force, real), lambda: jnp.zeros((), real)
+                init, lambda: _sum_of_squares(descent, real), lambda: jnp.zeros((), real)
             )
         random = init & ~(direction_sq > 0)
         target = jnp.maximum(step.target, 0.0)
@@ -622,9 +637,9 @@ class _Step:
         index = jnp.where(random, 1, jnp.where(due, 2, 0))
         momentum, random_sq = lax.switch(index, branches)
         scale = jnp.sqrt(target) / jnp.sqrt(jnp.where(direction_sq > 0, direction_sq, 1.0))
-        from_force = init & ~random
+        from_gradient = init & ~random
         momentum = jax.tree.map(
-            lambda m, f: jnp.where(from_force, (-scale).astype(m.dtype) * f, m), momentum, force
+            lambda m, f: jnp.where(from_gradient, scale.astype(m.dtype) * f, m), momentum, descent
         )
         initial_sq = jnp.where(random, random_sq, scale * scale * direction_sq)
         return momentum, jnp.where(init, initial_sq, state.momentum_sq), state
@@ -632,12 +647,14 @@ class _Step:
     def _rotate(
         self, state: ECDState, momentum: Any, momentum_sq: jax.Array, call: jax.Array, moving: Any
     ) -> Any:
-        """ECDSep's rotation: Π ← |Π|·w/|w|, w = Π + ν|Π|ξ (keeps |Π|; Π = 0 stays)."""
+        """ECDSep's rotation: Π ← |Π|·w/|w|, w = Π + ν|Π|ξ ∝ Π/|Π| + νξ (keeps |Π|; Π = 0
+        stays)."""
         real = state.energy.dtype
         xi = _draw(state.key, call, chaos.STREAM_ROTATION, momentum, "gaussian")
-        strength = self.cfg.chaos * self.h.chaos_scale(_size(momentum))
-        step = jnp.where(moving, strength * jnp.sqrt(momentum_sq), 0.0)
-        w = jax.tree.map(lambda m, x: m + step.astype(m.dtype) * x, momentum, xi)
+        nu = self.cfg.chaos * self.h.chaos_scale(_size(momentum))
+        shrink = 1.0 / nu if nu > 1.0 else 1.0  # w = Π/ν + |Π|ξ for ν > 1: w cannot overflow
+        step = jnp.where(moving, nu * shrink * jnp.sqrt(momentum_sq), 0.0)
+        w = jax.tree.map(lambda m, x: shrink * m + step.astype(m.dtype) * x, momentum, xi)
         w_sq = _sum_of_squares(w, real)
         ok = moving & (momentum_sq > 0) & (w_sq > 0)
         scale = jnp.sqrt(jnp.where(ok, momentum_sq / jnp.where(ok, w_sq, 1.0), 1.0))
