@@ -17,9 +17,10 @@ drift Θ ← Θ + Δt·D·Π (eqs. 11-12); the ECDSep rotation Π ← |Π|·w/|w
 
 Everything runs inside ``jax.jit`` with no host callback: every decision (the first step, a
 bounce, a skip) is a mask on the step's scalars, computed from the state's counters, and the
-random draws sit in a ``lax.switch`` that runs only when one is due; ``jax.vmap`` over particles
-and ``optax.chain`` work. A NaN/inf loss or gradient, or an update that would overflow, returns
-a zero update, leaves Π and the counters unchanged and counts in ``state.skipped``.
+draws of a bounce or a random first direction sit in a ``lax.switch`` that runs only when one is
+due (the rotation draws every step); ``jax.vmap`` over particles and ``optax.chain`` work.
+A NaN/inf loss or gradient, or an update that would overflow, returns a zero update, leaves Π
+and the counters unchanged and counts in ``state.skipped``.
 
 Random draws (bounce directions, rotations, a random first direction for a zero gradient) are
 keyed by (``key``, step index, purpose), as the torch optimizer keys its draws by its seed: a
