@@ -88,7 +88,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def _worker(url: str, index: int, trials: int) -> subprocess.Popen:
-    args = ["tune", "rosenbrock", "--optimizer", "bbi", "--steps", "3000", "--seed", "5",
+    args = ["tune", "rosenbrock", "--optimizer", "bbi", "--steps", "40000", "--seed", "5",
             "--sampler", "random", "--heartbeat", "1", "--grace", "2", "--storage", url,
             "--study", "pg", "--trials", str(trials), "--worker-index", str(index)]  # fmt: skip
     return subprocess.Popen(
@@ -111,12 +111,16 @@ def test_three_workers_one_killed_mid_trial_every_trial_accounted_for(postgres_u
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # the victim's first trial is running...
             running = [t for t in _trials(url) if t.state.name == "RUNNING"]
-            if any(t.user_attrs.get("worker") == 2 for t in running):
+            victims = [t.number for t in running if t.user_attrs.get("worker") == 2]
+            if victims:
                 break
             time.sleep(0.2)
         else:
             pytest.fail("worker 2 never started a trial")
-        time.sleep(2.5)  # ...and has recorded heartbeats (a trial that never beat is not stale)
+        # ...and has recorded a heartbeat (the first beat is at the trial's start, then every
+        # second; a trial that never beat is not stale). A trial is 40000 steps, seconds long
+        # even on a fast machine, so it is still running when killed.
+        time.sleep(1.5)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         outputs = [w.communicate(timeout=300)[0] for w in workers[:2]]
@@ -126,8 +130,8 @@ def test_three_workers_one_killed_mid_trial_every_trial_accounted_for(postgres_u
                 w.kill()
                 w.wait()
     assert [w.returncode for w in workers[:2]] == [0, 0], outputs
-    killed = [t for t in _trials(url) if t.user_attrs.get("worker") == 2]
-    assert any(t.state.name in ("RUNNING", "FAIL") for t in killed)
+    killed = [t for t in _trials(url) if t.number == victims[0]]
+    assert killed[0].state.name in ("RUNNING", "FAIL"), killed[0].state.name
     # resuming is starting the same command again: the killed trial is marked FAIL
     time.sleep(2.5)  # past the grace period
     restarted = _worker(url, 2, trials=2)
