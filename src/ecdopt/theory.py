@@ -217,7 +217,8 @@ def hessians(potential: Potential, minima: Tensor) -> Tensor:
 def in_basin(theta: Tensor, center: Tensor, hessian: Tensor) -> Tensor:
     """Whether |η_I| < 1 with η_I = sqrt(eig H_I)·(Θ − c_I) (App. A.3): (Θ−c)ᵀH(Θ−c) < 1."""
     d = theta - center.to(theta.dtype)
-    return torch.einsum("...i,ij,...j->...", d, hessian.to(theta.dtype), d) < 1.0
+    # two-operand products: a three-operand einsum re-plans its contraction on every call
+    return ((d @ hessian.to(theta.dtype)) * d).sum(dim=-1) < 1.0
 
 
 def basin_radial_integral(n: int, v_min: float, points: int = 20001) -> float:
