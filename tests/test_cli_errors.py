@@ -332,16 +332,16 @@ def _mistakes(p: dict[str, Path], tmp: Path) -> list[tuple[list[str], dict, str,
             "--ackley-b: expected a finite number > 0",
         ),
         (
-            ["synthetic", "basins", "--occupation-runs", "-3"],
+            ["synthetic", "occupation", "--particles", "-3"],
             {},
             "synthetic",
-            "--occupation-runs: expected an integer >= 1",
+            "--particles: expected an integer >= 1",
         ),
         (
-            ["synthetic", "basins", "--occupation-runs", "0"],
+            ["synthetic", "occupation", "--time", "0"],
             {},
             "synthetic",
-            "--occupation-runs: expected an integer >= 1",
+            "--time: expected a finite number > 0",
         ),
         (
             ["synthetic", "zakharov", "--dim", "100000000000"],
@@ -500,8 +500,8 @@ def _assert_interrupted(code: int, err: str, command: str, saved: str) -> None:
 
 def test_ctrl_c_in_synthetic_keeps_the_finished_direction(tmp_path: Path):
     r = tmp_path / "b.json"
-    args = ["synthetic", "basins", "--runs", "20", "--steps", "400000", "--occupation-steps",
-            "0", "--json", str(r), "-q"]  # fmt: skip
+    args = ["synthetic", "basins", "--runs", "20", "--steps", "400000",
+            "--json", str(r), "-q"]  # fmt: skip
     code, err = _interrupt(args, tmp_path, lambda: _json_has(r, lambda d: d["directions_done"]))
     _assert_interrupted(code, err, "synthetic", f"results so far in {r}")
     doc = json.loads(r.read_text())

@@ -1,9 +1,11 @@
-"""``ecdopt demo``: reduced versions of the three synthetic experiments (§4.1-4.3) in minutes.
+"""``ecdopt demo``: reduced versions of the synthetic experiments (§4.1-4.3) and of the
+time-averaged basin occupation, in about a minute.
 
-Prints a paper-vs-measured table and writes ``DIR/synthetic_<stage>.json`` (each stage's file
+Prints a paper-vs-measured table (counts with 95% Wilson intervals, ratios with 95% intervals)
+and writes ``DIR/synthetic_<stage>.json`` (each stage's file
 as soon as it finishes, and after each optimizer or direction within it; ``complete`` says
 whether the stage finished) and PNG plots. The full protocols are
-``ecdopt synthetic ackley|zakharov|basins`` (see docs/synthetic.md).
+``ecdopt synthetic ackley|zakharov|basins|occupation`` (see docs/synthetic.md).
 
 The stages are a list (:func:`demo_stages`): each names its protocol run, its plot, its step
 count for the progress bar and its rows of the table, so adding, removing or resizing a stage
@@ -13,6 +15,7 @@ touches that list only.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,6 +28,11 @@ from ecdopt.experiments.cli_common import (
     progress_bar,
     show_progress,
 )
+from ecdopt.experiments.synthetic.occupation import (
+    OccupationConfig,
+    occupation_protocol,
+    smoke_config,
+)
 from ecdopt.experiments.synthetic.protocols import (
     AckleyConfig,
     BasinsConfig,
@@ -33,6 +41,7 @@ from ecdopt.experiments.synthetic.protocols import (
     basins_protocol,
     zakharov_protocol,
 )
+from ecdopt.stats import wilson_interval
 
 __all__ = ["Stage", "add_parser", "demo_configs", "demo_stages", "run_demo"]
 
@@ -55,42 +64,53 @@ class Stage:
 
 def demo_configs(
     smoke: bool = False, seed: int = 0
-) -> tuple[AckleyConfig, ZakharovConfig, BasinsConfig]:
-    """The reduced protocols of the demo (``smoke``: seconds, for tests)."""
+) -> tuple[AckleyConfig, ZakharovConfig, BasinsConfig, OccupationConfig]:
+    """The reduced protocols of the demo (``smoke``: seconds, for tests). ≤ 90 s on 2 cores."""
     ack = AckleyConfig(
         b=0.02,
         trials=100,
         tune_steps=200,
         batch=50,
-        starts=40,
+        starts=20,
         repeats=5,
-        steps=30_000,
+        steps=10_000,
         methods=("bbi", "sgdm"),
         seed=seed,
+        # the values the full protocol tuned (docs/synthetic.md): 100 trials of 200 steps from
+        # (−4, 3), a local minimum, mostly see no lower loss, so a short search is a lottery
+        params={"bbi": {"lr": 0.00982}, "sgdm": {"lr": 0.175, "momentum": 0.19}},
     )
     zak = ZakharovConfig(
-        trials=100, tune_steps=2500, batch=50, methods=("bbi", "sgdm", "adam"), seed=seed
+        trials=40, tune_steps=2500, batch=40, steps=5000, methods=("bbi", "sgdm", "adam"), seed=seed
     )
-    bas = BasinsConfig(
-        runs=2000, occupation_runs=50, occupation_steps=5000, trajectories=10, seed=seed
+    bas = BasinsConfig(runs=1000, steps=5000, trajectories=10, seed=seed)
+    occ = OccupationConfig(
+        dynamics=("every-7.5",),
+        dts=(0.02,),
+        particles=4000,
+        time=100.0,
+        burn_in=10.0,
+        radii=(1.0,),
+        prediction_points=1000,
+        seed=seed,
     )
     if smoke:
         ack = replace(ack, trials=4, tune_steps=30, batch=4, starts=3, repeats=2, steps=200)
         zak = replace(zak, trials=4, tune_steps=50, batch=4, steps=200)
-        bas = replace(
-            bas,
-            runs=20,
-            steps=800,
-            occupation_runs=5,
-            occupation_steps=200,
-            occupation_burn_in=50,
-            trajectories=2,
-        )
-    return ack, zak, bas
+        bas = replace(bas, runs=20, steps=800, trajectories=2)
+        occ = replace(smoke_config(occ), dts=(0.02,))
+    return ack, zak, bas, occ
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def _count(k: int, n: int) -> str:
+    iv = wilson_interval(k, n)
+    return f"{k}/{n} [{100 * iv.low:.0f}-{100 * iv.high:.0f}%]"
+
+
+def _ratio(iv: dict | None) -> str:
+    if not iv or iv["value"] is None or not math.isfinite(iv["value"]):
+        return "n/a"
+    return f"{iv['value']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}]"
 
 
 def _ackley_rows(ack: dict) -> list[Row]:
@@ -100,8 +120,9 @@ def _ackley_rows(ack: dict) -> list[Row]:
             (
                 f"4.1 Ackley (b={ack['ackley_b']}): BBI starts < 5e-4",
                 "90/100 (5 tries, 3e4 it.)",
-                f"{a['bbi']['successes']}/{a['bbi']['starts']} ({ack['protocol']['repeats']} "
-                f"tries, {ack['protocol']['steps']:.0e} it.)",
+                f"{_count(a['bbi']['successes'], a['bbi']['starts'])} "
+                f"({ack['protocol']['repeats']} tries, {ack['protocol']['steps']:.0e} it., "
+                f"Δt = {ack['hyperparameters']['bbi']['lr']:g})",
             )
         )
     if "sgdm" in a:
@@ -109,7 +130,7 @@ def _ackley_rows(ack: dict) -> list[Row]:
             (
                 "4.1 Ackley: GDM starts < 5e-4",
                 "2/100",
-                f"{a['sgdm']['successes']}/{a['sgdm']['starts']}",
+                _count(a["sgdm"]["successes"], a["sgdm"]["starts"]),
             )
         )
     return rows
@@ -129,22 +150,26 @@ def _zakharov_rows(zak: dict) -> list[Row]:
 
 
 def _basins_rows(bas: dict) -> list[Row]:
-    rows = []
-    for d, entry in bas["by_direction"].items():
-        rows.append(
-            (
-                f"4.3 basins ratio I/II, {d} bounces ({bas['runs']} runs)",
-                f"{bas['predicted_ratio']:.3f} pred., within 11%",
-                _fmt(entry["measured_ratio"]),
-            )
+    return [
+        (
+            f"4.3 first-passage ratio I/II, {d} bounces ({bas['runs']} runs)",
+            f"{bas['predicted_ratio']:.3f} pred., within 11%",
+            _ratio(entry["ratio_interval"]),
         )
-        occ = entry.get("occupation")
-        if occ:
+        for d, entry in bas["by_direction"].items()
+    ]
+
+
+def _occupation_rows(occ: dict) -> list[Row]:
+    rows = []
+    for name, entry in occ["dynamics"].items():
+        for run in entry["runs"]:
             rows.append(
                 (
-                    f"   time-averaged occupation ratio, {d}",
-                    f"{occ['predicted_ratio_eq40']:.3f} (eq. 40)",
-                    _fmt(occ["measured_ratio"]),
+                    f"time-averaged occupation ratio I/II, {name} "
+                    f"({run['particles']} particles, t = {run['measured_time']:g})",
+                    f"{entry['predicted']['1']['ratio_full']:.3f} (eq. 40)",
+                    _ratio(run["regions"]["1"]["ratio"]),
                 )
             )
     return rows
@@ -156,11 +181,15 @@ def _tuned_steps(cfg: AckleyConfig | ZakharovConfig) -> int:
 
 def demo_stages(smoke: bool = False, seed: int = 0) -> list[Stage]:
     """The demo's stages, in order."""
-    from ecdopt.experiments.synthetic.plots import plot_ackley, plot_basins, plot_zakharov
+    from ecdopt.experiments.synthetic.plots import (
+        plot_ackley,
+        plot_basins,
+        plot_occupation,
+        plot_zakharov,
+    )
 
-    ack, zak, bas = demo_configs(smoke, seed)
+    ack, zak, bas, occ = demo_configs(smoke, seed)
     directions = ("uniform", "gaussian")
-    occupation = bas.occupation_steps + bas.occupation_burn_in if bas.occupation_steps else 0
     return [
         Stage(
             "ackley",
@@ -180,8 +209,15 @@ def demo_stages(smoke: bool = False, seed: int = 0) -> list[Stage]:
             "basins",
             lambda progress, on_result: basins_protocol(bas, directions, progress, on_result),
             plot_basins,
-            len(directions) * (bas.steps + occupation),
+            len(directions) * bas.steps,
             _basins_rows,
+        ),
+        Stage(
+            "occupation",
+            lambda progress, on_result: (occupation_protocol(occ, progress, on_result), {}),
+            lambda summary, extras, out: plot_occupation(summary, out),
+            sum(round((occ.burn_in + occ.time) / dt) for dt in occ.dts) * len(occ.dynamics),
+            _occupation_rows,
         ),
     ]
 
@@ -231,14 +267,17 @@ def _main(args: argparse.Namespace) -> int:
         combined.doc["stages"][name] = summary
         combined.update(table=[list(r) for r in rows])
 
-    rows = run_demo(
-        args.out,
-        smoke=args.smoke,
-        progress=show_progress(args),
-        seed=args.seed,
-        log=log,
-        on_stage=on_stage,
-    )
+    from ecdopt.experiments.synthetic.cli import one_thread
+
+    with one_thread():
+        rows = run_demo(
+            args.out,
+            smoke=args.smoke,
+            progress=show_progress(args),
+            seed=args.seed,
+            log=log,
+            on_stage=on_stage,
+        )
     combined.update(complete=True)
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in [*rows, ("", "paper", "")])
@@ -254,7 +293,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
         help="reduced synthetic experiments (§4.1-4.3) with a paper-vs-measured table",
-        description="Reduced versions of ecdopt synthetic ackley|zakharov|basins (minutes).",
+        description="Reduced versions of ecdopt synthetic ackley|zakharov|basins|occupation "
+        "(about a minute).",
     )
     add_common_options(
         p,
