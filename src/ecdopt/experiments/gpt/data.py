@@ -109,6 +109,8 @@ def split_of(relative_path: str) -> str:
 
 
 def _as_tensor(data: bytes) -> Tensor:
+    if not data:
+        return torch.empty(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 

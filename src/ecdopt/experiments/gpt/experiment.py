@@ -41,10 +41,14 @@ from ecdopt.experiments.gpt.training import (
 
 __all__ = [
     "FORMAT",
+    "DataError",
     "ExperimentConfig",
     "ExperimentError",
     "cell_hyperparameters",
     "cell_space",
+    "check_config",
+    "format_table",
+    "results_table",
     "run_experiment",
     "settings_of",
     "tuning_objective",
@@ -505,6 +509,3 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         complete=True, table=results_table(results.doc), wall_time_s=time.perf_counter() - tic
     )
     return results.doc
-
-
-__all__ += ["DataError", "format_table", "results_table"]

@@ -17,12 +17,14 @@ import hashlib
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
+from ecdopt import NonFiniteLossWarning
 from ecdopt.experiments import registry
 from ecdopt.experiments.gpt.data import Corpus, eval_windows, sample_batch
 from ecdopt.experiments.gpt.model import GPT, BiasSpec, GPTConfig, draw_biases, mean_biases
@@ -227,7 +229,9 @@ def train_run(
             loss.backward()
             return loss
 
-        loss = float(torch.as_tensor(optimizer.step(closure)).detach())
+        with warnings.catch_warnings():  # a non-finite loss ends the run as "diverged"
+            warnings.simplefilter("ignore", NonFiniteLossWarning)
+            loss = float(torch.as_tensor(optimizer.step(closure)).detach())
         if on_step is not None:
             on_step(1)
         if not math.isfinite(loss):
