@@ -425,14 +425,14 @@ def test_mistakes_end_in_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert status == 2, err
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("ecdopt train: error:") and message in lines[-1]
+    assert lines[-1].startswith("ecdopt train gpt: error:") and message in lines[-1]
     assert "Traceback" not in err
 
 
 def test_a_mistake_through_the_entry_point_and_json_checked_first(tmp_path: Path) -> None:
     out = _ecdopt("train", "gpt", "--smoke", "--json", str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("ecdopt train: error: --json")
+    assert out.stderr.strip().splitlines()[-1].startswith("ecdopt train gpt: error: --json")
     assert "is a folder" in out.stderr
 
 
@@ -446,6 +446,21 @@ def test_help_of_train_gpt_and_train_digits_are_their_own(capsys: pytest.Capture
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0 and wanted in capsys.readouterr().out
+
+
+def test_train_gpt_is_parsed_by_its_own_module_only() -> None:
+    code = (
+        "import sys; from ecdopt.cli import _chosen, build_parser; "
+        "argv = ['train', 'gpt', '--smoke', '--optimizer', 'unit_speed']; "
+        "assert _chosen(argv) == 'train gpt' and _chosen(['train', 'digits']) == 'train'; "
+        "args = build_parser(_chosen(argv)).parse_args(argv); "
+        "print(args.optimizer, "
+        "sorted(m for m in sys.modules if m.startswith('ecdopt.experiments.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    chosen, loaded = out.stdout.split(" ", 1)
+    assert chosen == "('unit_speed',)"
+    assert "ecdopt.experiments.gpt.cli" in loaded and "vision" not in loaded
 
 
 def test_ctrl_c_exits_130_naming_what_was_saved(tmp_path: Path) -> None:
@@ -464,7 +479,7 @@ def test_ctrl_c_exits_130_naming_what_was_saved(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
-        f"ecdopt train: interrupted; results so far in {target}, {tmp_path / 'r-tuning.db'}"
+        f"ecdopt train gpt: interrupted; results so far in {target}, {tmp_path / 'r-tuning.db'}"
     )
     assert "Traceback" not in err
     doc = json.loads(target.read_text())

@@ -60,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train gpt`` (the ``train`` command whose first argument is ``gpt``)."""
     p = subparsers.add_parser(
         "train",
+        prog="ecdopt train gpt",
         help="image classification with ECD and baselines (paper §4.5); train gpt: a transformer",
         description=(
             "A small decoder-only transformer trained byte-level on the Python standard "
@@ -68,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and without random, non-learned attention biases (docs/gpt.md)."
         ),
     )
-    p.add_argument("experiment", choices=("gpt",), help="gpt")
+    p.add_argument("experiment", choices=("gpt",), help=argparse.SUPPRESS)
     p.add_argument(
         "--optimizer",
         type=_choices(_OPTIMIZERS, "all"),
