@@ -62,11 +62,12 @@ def plot_curves(doc: Mapping[str, Any], path: str | Path) -> Path:
     return _save(fig, plt, path)
 
 
-def plot_tuning(doc: Mapping[str, Any], path: str | Path) -> Path:
+def plot_tuning(doc: Mapping[str, Any], path: str | Path, ceiling: float = 6.0) -> Path:
     """Every tuning trial: final validation loss against its lr, per optimizer (columns) and
-    bias setting (colour)."""
+    bias setting (colour). Losses above ``ceiling`` (worse than a uniform guess, ln 256 = 5.5)
+    are drawn at the ceiling as triangles; diverged trials are left out."""
     plt = _pyplot()
-    names = [n for n in doc["optimizers"]]
+    names = list(doc["optimizers"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for j, kind in enumerate(doc["bias_kinds"]):
@@ -76,9 +77,19 @@ def plot_tuning(doc: Mapping[str, Any], path: str | Path) -> Path:
                 for t in tuning.get("trials", [])
                 if t.get("val_loss") is not None and t.get("hyperparameters")
             ]
-            if pts:
-                lrs, losses = zip(*pts, strict=True)
-                ax.scatter(lrs, losses, s=18, color=f"C{j}", label=kind, alpha=0.8)
+            for high in (False, True):
+                sel = [(lr, min(v, ceiling)) for lr, v in pts if (v > ceiling) == high]
+                if sel:
+                    lrs, losses = zip(*sel, strict=True)
+                    ax.scatter(
+                        lrs,
+                        losses,
+                        s=18,
+                        color=f"C{j}",
+                        marker="^" if high else "o",
+                        label=None if high else kind,
+                        alpha=0.8,
+                    )
         ax.set(xscale="log", xlabel="lr", title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title="biases", title_fontsize=7)
