@@ -9,6 +9,7 @@ ecdopt train gpt [--optimizer all|NAME,...] [--attn-bias none,qv] [--attn-bias-m
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ecdopt._errors import CommandError
@@ -20,6 +21,7 @@ from ecdopt.experiments.cli_common import (
     hyperparameter_type,
     int_type,
     log_function,
+    progress_bar,
     show_progress,
 )
 
@@ -103,14 +105,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--preset", choices=_PRESETS, default="default", help="size (default)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
     p.add_argument("--data", metavar="FILE", help="train on this text file (default: stdlib)")
-    p.add_argument("--steps", type=int_type(1), help="training steps of every run")
-    p.add_argument("--batch-size", type=int_type(1), help="windows per batch")
-    p.add_argument("--eval-every", type=int_type(1), metavar="K", help="held-out loss every K")
+    p.add_argument("--steps", type=int_type(1, 10**8), help="training steps of every run")
+    p.add_argument("--batch-size", type=int_type(1, 10**6), help="windows per batch")
     p.add_argument(
-        "--eval-windows", type=int_type(1), metavar="N", help="held-out windows per split"
+        "--eval-every", type=int_type(1, 10**8), metavar="K", help="held-out loss every K"
     )
-    p.add_argument("--trials", type=int_type(0), help="Optuna trials per optimizer and setting")
-    p.add_argument("--runs", type=int_type(1), help="seeds per optimizer and setting")
+    p.add_argument(
+        "--eval-windows", type=int_type(1, 10**6), metavar="N", help="held-out windows per split"
+    )
+    p.add_argument(
+        "--trials", type=int_type(0, 10**5), help="Optuna trials per optimizer and setting"
+    )
+    p.add_argument("--runs", type=int_type(1, 10**4), help="seeds per optimizer and setting")
     for name in _FIXABLE:
         spec = registry.HYPERPARAMETERS[name]
         p.add_argument(
@@ -120,7 +126,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             help=f"fix {spec.help} (not tuned)",
         )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int_type(1), help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int_type(1, 4 * (os.cpu_count() or 1)),
+        help="torch CPU threads (default: torch's)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -146,7 +156,6 @@ def main(args: argparse.Namespace) -> int:
         run_experiment,
         settings_of,
     )
-    from ecdopt.experiments.gpt.training import PRESETS
 
     check_outputs(args)
     if args.threads is not None:
@@ -173,25 +182,15 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         log=log,
     )
-    bar = None
-    if show_progress(args):
-        from tqdm import tqdm
-
-        s = settings_of(cfg) if cfg.preset in PRESETS else None
-        total = (
-            None
-            if s is None
-            else len(cfg.optimizers) * len(cfg.bias_kinds) * (s["trials"] + s["runs"]) * s["steps"]
-        )
-        bar = tqdm(total=total, desc="train gpt", unit="step", leave=False, dynamic_ncols=True)
+    sizes = settings_of(cfg)
+    runs_per_cell = sizes["trials"] + sizes["runs"]
+    total = len(cfg.optimizers) * len(cfg.bias_kinds) * runs_per_cell * sizes["steps"]
+    with progress_bar(show_progress(args), total, "train gpt") as bar:
         cfg.on_step = bar.update
-    try:
-        doc = run_experiment(cfg)
-    except (DataError, ExperimentError) as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        if bar is not None:
-            bar.close()
+        try:
+            doc = run_experiment(cfg)
+        except (DataError, ExperimentError) as exc:
+            raise CommandError(str(exc)) from None
     print(format_table(doc))
     if args.out is not None:
         from ecdopt.experiments.gpt.plots import plot_curves, plot_tuning

@@ -18,7 +18,6 @@ batches and bias draws at a given seed. Results are rewritten after every trial 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import tempfile
@@ -307,13 +306,7 @@ def _tune_cell(
             on_trial(_trial_record(trial))
 
     if tune.trials:
-        # an interrupted trial is reported by the command's one line, not Optuna's traceback
-        optuna_log = logging.getLogger("optuna.study._optimize")
-        optuna_log.addFilter(_drop_interrupts)
-        try:
-            run_worker(tune, log=lambda _line: None, callbacks=[report])
-        finally:
-            optuna_log.removeFilter(_drop_interrupts)
+        run_worker(tune, log=lambda _line: None, callbacks=[report])
     trials = [_trial_record(t) for t in study.get_trials(states=(complete,))]
     best = min(trials, key=lambda t: t["val_loss"] if t["val_loss"] is not None else math.inf)
     return {
@@ -323,13 +316,6 @@ def _tune_cell(
         "best_val_loss": best["val_loss"],
         "best_params": best["params"],
     }
-
-
-def _drop_interrupts(record: logging.LogRecord) -> bool:
-    """A logging filter: drop the records of a trial ended by Ctrl-C."""
-    info = record.exc_info
-    interrupted = bool(info) and isinstance(info[1], KeyboardInterrupt)
-    return not interrupted and "KeyboardInterrupt" not in record.getMessage()
 
 
 def _aggregate_curves(runs: list[Mapping[str, Any]]) -> dict[str, list]:
@@ -385,7 +371,7 @@ def _run_cell(
     }
     cell["runs"] = []
     for r in range(settings["runs"]):
-        seed = settings["seed"] + 1 + r
+        seed = registry.seed_plus(settings["seed"], 1 + r)
         run = kept.get(seed)
         if run is None:
             label = f"{key} run {r + 1}/{settings['runs']}"

@@ -172,16 +172,6 @@ def evaluate(
     return total / count
 
 
-def off_shell_steps(optimizer: Any) -> int | None:
-    """ECD's count of steps off its energy shell (``diagnostics()["off_shell_steps"]``);
-    None for torch's optimizers."""
-    diagnostics = getattr(optimizer, "diagnostics", None)
-    if not callable(diagnostics):
-        return None
-    value = diagnostics().get("off_shell_steps")
-    return None if value is None or not math.isfinite(float(value)) else int(value)
-
-
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -255,7 +245,7 @@ def train_run(
         "val_loss": None if diverged else curves["val_loss"][-1],
         "test_loss": None if diverged else curves["test_loss"][-1],
         "curves": curves,
-        "off_shell_steps": off_shell_steps(optimizer),
+        "off_shell_steps": registry.off_shell_steps(optimizer),
         "skipped_steps": None if not diagnostics else int(diagnostics.get("skipped", 0)),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_time_s": train_time,
