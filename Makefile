@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" || \
 	  $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
-	$(BIN)/python -m pip install --quiet -e ".[experiments,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[experiments,postgres,dev,jax]"
+	sh scripts/install-postgres.sh
 	touch $(STAMP)
 
 test: install

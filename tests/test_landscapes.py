@@ -10,8 +10,10 @@ import torch
 from ecdopt.landscapes import (
     LANDSCAPES,
     ackley,
+    make_gaussian_basins,
     make_landscape,
     make_quadratic,
+    make_quadratic_basins,
     make_two_basin,
     two_basin,
     two_basin_epsilon,
@@ -98,3 +100,36 @@ def test_quadratic_has_the_given_spectrum() -> None:
 def test_unknown_landscape() -> None:
     with pytest.raises(ValueError, match="unknown landscape"):
         make_landscape("nope")
+
+
+def test_gaussian_basins_generalise_eq17() -> None:
+    """With A = 0.8·I and 1.6·I in 2-D it is eq. 17, and w_2 = 1 − ε with the solved ε."""
+    land = make_gaussian_basins([[0.8, 0.8], [1.6, 1.6]])
+    assert 1.0 - land.params["weights"][1] == pytest.approx(two_basin_epsilon(), rel=1e-6)
+    pts = torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=F64) * 4
+    torch.testing.assert_close(land(pts), make_two_basin()(pts), atol=1e-12, rtol=0)
+
+
+def test_gaussian_basins_in_ten_dimensions() -> None:
+    """Equally deep minima at zero gradient; Hessians A_I + 2λ|c1 − c2|²·I (λ = 1e-3)."""
+    spectra = [[0.8] * 10, [3.2, 3.2] + [0.8] * 8]
+    land = make_gaussian_basins(spectra)
+    x = land.minima.clone().requires_grad_(True)
+    f = land(x)
+    (g,) = torch.autograd.grad(f.sum(), x)
+    assert float(g.abs().max()) < 1e-9
+    assert abs(float(f[0] - f[1])) < 1e-15
+    hess = torch.func.hessian(lambda v: land(v[None])[0])(land.minima[1].clone())
+    expected = torch.tensor(sorted(spectra[1]), dtype=F64) + 2e-3 * 32
+    torch.testing.assert_close(torch.linalg.eigvalsh(hess), expected, atol=2e-4, rtol=0)
+
+
+def test_quadratic_basins_are_the_lower_quadratic() -> None:
+    centers = torch.tensor([[-1.0, 0.0], [2.0, 0.0]], dtype=F64)
+    hess = torch.stack([torch.eye(2, dtype=F64), torch.diag(torch.tensor([4.0, 1.0], dtype=F64))])
+    land = make_quadratic_basins(centers, hess, [0.1, 0.0])
+    pts = torch.tensor([[-1.0, 0.0], [2.0, 0.0], [0.5, 1.0]], dtype=F64)
+    q1 = 0.1 + 0.5 * ((pts - centers[0]) ** 2).sum(-1)
+    q2 = 0.5 * (4 * (pts[:, 0] - 2) ** 2 + pts[:, 1] ** 2)
+    torch.testing.assert_close(land(pts), torch.minimum(q1, q2))
+    assert land.minimum_value == 0.0 and land.dim == 2

@@ -421,7 +421,7 @@ def test_loss_below_floor_at_first_step_is_a_clear_error():
 
 
 def test_adapt_floor_settles_on_the_true_minimum():
-    """design.md §1: minimum 3.7, started with F0 = 4.0."""
+    """The paper's adaptive ΔV: minimum 3.7, started with F0 = 4.0."""
     x = torch.nn.Parameter(torch.tensor([2.0, -1.5], dtype=F64))
     opt = BBI(
         [x], lr=0.1, loss_floor=4.0, adapt_floor=True, bounce_period=None, bounce_patience=None

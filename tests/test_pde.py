@@ -439,7 +439,7 @@ def test_cli_errors_exit_2(tmp_path):
         str(tmp_path),
     )
     assert out.returncode == 2
-    assert "unknown optimizer" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "--optimizer: invalid choice" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("script", ["pde_laplacian.py --quick", "pde_gpu.py --device cpu --smoke"])

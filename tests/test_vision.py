@@ -16,6 +16,7 @@ import torch
 
 from ecdopt.cli import main as cli_main
 from ecdopt.experiments.vision import (
+    CHECKPOINT_FORMAT,
     CURVE_KEYS,
     ExperimentError,
     RunConfig,
@@ -120,6 +121,99 @@ def test_mnist_bad_folders_give_clean_errors(tmp_path: Path) -> None:
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(good[:-5])
     with pytest.raises(D.DataError, match=r"t10k-images-idx3-ubyte.*bytes"):
         D.load_mnist(tmp_path)
+
+
+def _mnist_folder(folder: Path, n: int = 4, **replace_arrays: np.ndarray) -> Path:
+    """Four valid IDX files (plain) in ``folder``, any of them replaced by ``replace_arrays``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = _mnist_arrays(n, 1)
+    arrays = {"train_images": images, "train_labels": labels, "test_images": images,
+              "test_labels": labels, **replace_arrays}  # fmt: skip
+    for key, stem in D.MNIST_FILES.items():
+        D.write_idx(folder / stem, arrays[key])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("key", "array", "message"),
+    [
+        ("train_labels", np.array([0, -1, 2, 3], dtype=np.int8), r"outside 0-9"),
+        ("test_labels", np.array([0, 10, 2, 3], dtype=np.uint8), r"outside 0-9"),
+        ("train_labels", np.array([0, np.nan, 2, 3], dtype=">f4"), r"non-integer labels"),
+        ("test_labels", np.array([0, 3.7, 2, 3], dtype=">f8"), r"non-integer labels.*3\.7"),
+        ("train_images", np.zeros((4, 5, 5), dtype=np.uint8), r"5×5 images.*28×28"),
+        ("test_images", np.zeros((4, 0, 0), dtype=np.uint8), r"0×0 images"),
+        ("train_images", np.zeros((0, 28, 28), dtype=np.uint8), r"holds no images"),
+        ("test_images", np.zeros((0, 28, 28), dtype=np.uint8), r"holds no images"),
+        ("train_labels", np.array([0, 1, 2], dtype=np.uint8), r"\(3,\) labels for 4 images"),
+    ],
+)
+def test_mnist_bad_labels_and_shapes_are_refused(
+    tmp_path: Path, key: str, array: np.ndarray, message: str
+) -> None:
+    if key.endswith("images") and len(array) == 0:  # empty images: labels of length 0 too
+        label_key = key.replace("images", "labels")
+        folder = _mnist_folder(tmp_path, **{key: array, label_key: np.zeros(0, np.uint8)})
+    else:
+        folder = _mnist_folder(tmp_path, **{key: array})
+    with pytest.raises(D.DataError, match=message) as info:
+        D.load_mnist(folder)
+    assert D.MNIST_FILES[key] in str(info.value) and "\n" not in str(info.value)
+
+
+def test_whole_number_float_labels_are_read_as_classes(tmp_path: Path) -> None:
+    folder = _mnist_folder(tmp_path, train_labels=np.array([0, 1, 9, 3], dtype=">f4"))
+    data = D.load_mnist(folder)
+    assert data.train_y.tolist() == [0, 1, 9, 3] and data.train_y.dtype == torch.int64
+
+
+def test_corrupt_gzip_block_is_a_data_error(tmp_path: Path) -> None:
+    images, _ = _mnist_arrays(50, 2)
+    D.write_idx(tmp_path / "img.gz", images)
+    raw = bytearray((tmp_path / "img.gz").read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)  # damage the deflate stream
+    (tmp_path / "img.gz").write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match=r"cannot read .*img\.gz"):
+        D.read_idx(tmp_path / "img.gz")
+
+
+def test_gzip_bomb_is_refused_before_it_is_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .gz whose header is honest but which inflates far beyond it: reading stops at the
+    header's size, never holding the rest in memory."""
+    header = bytes([0, 0, 0x08, 1]) + (16).to_bytes(4, "big")  # 16 uint8 values promised
+    with gzip.open(tmp_path / "bomb.gz", "wb") as f:
+        f.write(header)
+        for _ in range(64):  # 64 MiB of zeros (a few hundred KiB compressed)
+            f.write(bytes(1 << 20))
+    read_sizes: list[int] = []
+    real_open = gzip.open
+
+    class Spy:
+        def __init__(self, *a, **k) -> None:
+            self.f = real_open(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.close()
+
+        def read(self, n: int = -1) -> bytes:
+            chunk = self.f.read(n)
+            read_sizes.append(len(chunk))
+            return chunk
+
+    monkeypatch.setattr(D.gzip, "open", Spy)
+    with pytest.raises(D.DataError, match=r"bomb\.gz holds more than 25 bytes once decompressed"):
+        D.read_idx(tmp_path / "bomb.gz")
+    assert sum(read_sizes) <= 2 * D._CHUNK  # stopped after the first chunk past the limit
+    # a header that promises more than the cap is refused before reading the data at all
+    big = bytes([0, 0, 0x08, 1]) + (2**31).to_bytes(4, "big")
+    (tmp_path / "huge").write_bytes(big)
+    with pytest.raises(D.DataError, match=r"asks for 2,147,483,648 bytes"):
+        D.read_idx(tmp_path / "huge")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,8 +438,20 @@ def test_resume_refuses_other_settings(tmp_path: Path, small_digits: D.ImageData
     with pytest.raises(ExperimentError, match=r"c\.pt.*lr"):
         train_run(other, small_digits)
     (tmp_path / "c.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ExperimentError, match=r"cannot resume from .*c\.pt"):
+    with pytest.raises(ExperimentError, match=r"cannot resume from .*c\.pt") as info:
         train_run(replace(cfg, resume=True), small_digits)
+    assert "weights_only=False" not in str(info.value)  # never suggest running the payload
+    # a file tagged as a checkpoint but missing fields, or with damaged ones
+    tagged = {"format": CHECKPOINT_FORMAT, "epoch": 1, "config": cfg.signature()}
+    torch.save(tagged, tmp_path / "c.pt")
+    with pytest.raises(ExperimentError, match=r"incomplete checkpoint \(no model, optimizer"):
+        train_run(replace(cfg, epochs=2, resume=True), small_digits)
+    train_run(replace(cfg, resume=False), small_digits)
+    damaged = torch.load(tmp_path / "c.pt", weights_only=True)
+    damaged["model"] = {"fc1.weight": torch.zeros(1)}
+    torch.save(damaged, tmp_path / "c.pt")
+    with pytest.raises(ExperimentError, match=r"damaged checkpoint"):
+        train_run(replace(cfg, epochs=2, resume=True), small_digits)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ecdopt._errors import CommandError
 
-__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+__all__ = ["COMMANDS", "VARIANTS", "CommandError", "build_parser", "main"]
 
 # sub-command name -> (module that provides ``add_parser(subparsers)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": (
         "ecdopt.experiments.vision.cli",
-        "image classification with ECD and baselines (paper §4.5)",
+        "image classification with ECD and baselines (paper §4.5); train gpt: a transformer",
     ),
     "tune": (
         "ecdopt.experiments.tune.cli",
@@ -47,26 +49,45 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: ``ecdopt CMD: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line (with a pointer to ``--help``) and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# "COMMAND ARGUMENT" -> the module whose ``add_parser`` parses that command instead (a command
+# whose first argument names an experiment with options of its own)
+VARIANTS: dict[str, str] = {"train gpt": "ecdopt.experiments.gpt.cli"}
+
+
 def _chosen(argv: Sequence[str]) -> str | None:
-    """The sub-command named in ``argv`` (its first argument that is not an option), if any."""
-    for arg in argv:
+    """The sub-command named in ``argv`` (its first argument that is not an option), if any;
+    ``"COMMAND ARGUMENT"`` when the argument right after it names a :data:`VARIANTS` entry."""
+    for i, arg in enumerate(argv):
         if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
+            if arg not in COMMANDS:
+                return None
+            variant = " ".join(argv[i : i + 2])
+            return variant if variant in VARIANTS else arg
     return None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser with the full parser of ``command`` (only its module is imported);
-    the other sub-commands appear in ``--help`` only."""
-    parser = argparse.ArgumentParser(
+    """The top-level parser with the full parser of ``command`` (only its module is imported;
+    a :data:`VARIANTS` key such as ``"train gpt"`` imports that module instead); the other
+    sub-commands appear in ``--help`` only."""
+    parser = _Parser(
         prog="ecdopt",
         description="Energy-Conserving Descent (ECD) optimizers: experiments and tools.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    chosen = (command or "").split(" ")[0]
     for name, (module_name, help_text) in COMMANDS.items():
-        if name == command:
-            importlib.import_module(module_name).add_parser(subparsers)
+        if name == chosen:
+            importlib.import_module(VARIANTS.get(command or "", module_name)).add_parser(subparsers)
         else:  # listed in --help, never run (the real parser is built when it is chosen)
             subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -82,14 +103,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ecdopt`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen(argv)
+    label = command or "(no command)"
     try:
-        args = build_parser(command).parse_args(argv)
+        try:
+            args = build_parser(command).parse_args(argv)
+        except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
+            return exc.code if isinstance(exc.code, int) else 2
+        label = " ".join(filter(None, [command, getattr(args, "pde_command", None)]))
         return int(args.func(args) or 0)
     except CommandError as exc:
-        print(f"ecdopt {command}: error: {exc}", file=sys.stderr)
+        print(f"ecdopt {label}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed early (``ecdopt ... | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # the environment refused a file operation (disk full, permissions)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ecdopt {label}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(_interrupted(command or "(no command)"), file=sys.stderr)
+        print(_interrupted(label), file=sys.stderr)
         return 130
 
 

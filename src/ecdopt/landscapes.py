@@ -12,6 +12,11 @@ The paper's benchmarks (§4.1-4.3):
   basins of different shapes; ε is solved by :func:`two_basin_epsilon` so that both minima are at
   exactly the same height.
 
+Beyond the paper, for testing its measure: :func:`gaussian_basins` (eq. 17 in any dimension, two
+Gaussian wells with given Hessian spectra; :func:`make_gaussian_basins` makes them equally deep)
+and :func:`quadratic_basins` (the quadratic approximation of each basin, eq. 44, as a landscape:
+the lower of two quadratics).
+
 Further classics: :func:`rosenbrock`, :func:`rastrigin`, :func:`styblinski_tang` and
 :func:`quadratic` (a quadratic with a given Hessian spectrum). :class:`Landscape` bundles a
 function with its known minima; the ``make_*`` factories build them.
@@ -33,15 +38,19 @@ __all__ = [
     "TWO_BASIN_C2",
     "Landscape",
     "ackley",
+    "gaussian_basins",
     "make_ackley",
+    "make_gaussian_basins",
     "make_landscape",
     "make_quadratic",
+    "make_quadratic_basins",
     "make_rastrigin",
     "make_rosenbrock",
     "make_styblinski_tang",
     "make_two_basin",
     "make_zakharov",
     "quadratic",
+    "quadratic_basins",
     "rastrigin",
     "rosenbrock",
     "styblinski_tang",
@@ -125,7 +134,44 @@ def quadratic(theta: Tensor, hessian: Tensor, center: Tensor | None = None) -> T
     """A quadratic ½(Θ − c)ᵀ H (Θ − c) (eq. 44 with V_I = 0), minimum 0 at c."""
     h = hessian.to(theta.dtype)
     d = theta if center is None else theta - center.to(theta.dtype)
-    return 0.5 * torch.einsum("...i,ij,...j->...", d, h, d)
+    return 0.5 * ((d @ h) * d).sum(dim=-1)
+
+
+def gaussian_basins(
+    theta: Tensor,
+    centers: Tensor,
+    precisions: Tensor,
+    weights: Sequence[float] = (1.0, 1.0),
+    confinement: float = 1e-3,
+) -> Tensor:
+    """Eq. 17 in n dimensions with any two Gaussian wells:
+
+    F(Θ) = 1 − Σ_I w_I·exp(−½(Θ − c_I)ᵀA_I(Θ − c_I)) + λ·|Θ − c_1|²|Θ − c_2|².
+
+    ``centers`` ``[2, n]``, ``precisions`` ``[2, n, n]`` (A_I, positive definite), ``weights``
+    w_I, ``confinement`` λ. With n = 2, A = 0.8·I and 1.6·I, w = (1, 1 − ε) and λ = 1e-3 it is
+    eq. 17. The Hessian at minimum I is about A_I + 2λ|c_1 − c_2|²·I.
+    """
+    c = centers.to(theta)
+    a = precisions.to(theta)
+    d1, d2 = theta - c[0], theta - c[1]
+    q1 = 0.5 * ((d1 @ a[0]) * d1).sum(dim=-1)
+    q2 = 0.5 * ((d2 @ a[1]) * d2).sum(dim=-1)
+    wells = weights[0] * torch.exp(-q1) + weights[1] * torch.exp(-q2)
+    return 1.0 - wells + confinement * (d1 * d1).sum(-1) * (d2 * d2).sum(-1)
+
+
+def quadratic_basins(
+    theta: Tensor, centers: Tensor, hessians: Tensor, depths: Sequence[float] | Tensor
+) -> Tensor:
+    """The lower of K quadratics, F(Θ) = min_I [V_I + ½(Θ − c_I)ᵀH_I(Θ − c_I)] (eq. 44 exact).
+
+    ``centers`` ``[K, n]``, ``hessians`` ``[K, n, n]``, ``depths`` V_I. Inside the ellipse
+    |η_I| < r of a basin that does not reach the other basin's region, eq. 47 is exact.
+    """
+    d = theta[..., None, :] - centers.to(theta)
+    q = 0.5 * ((d.unsqueeze(-2) @ hessians.to(theta)).squeeze(-2) * d).sum(dim=-1)
+    return (q + torch.as_tensor(depths, dtype=theta.dtype, device=theta.device)).min(dim=-1).values
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,6 +356,81 @@ def make_quadratic(
         0.0,
         (-3.0, 3.0),
         {"hessian": hess},
+    )
+
+
+def _equal_depth_weight(
+    centers: Tensor, precisions: Tensor, confinement: float, tol: float = 1e-16
+) -> tuple[float, Tensor, Tensor]:
+    """w_2 (w_1 = 1) for which both minima of :func:`gaussian_basins` are equally deep (secant),
+    with the minima and their values."""
+
+    def minima(w2: float) -> tuple[Tensor, Tensor]:
+        fn = lambda t: gaussian_basins(t, centers, precisions, (1.0, w2), confinement)  # noqa: E731
+        found = [_newton_minimum(fn, c.tolist()) for c in centers]
+        return torch.stack([x for x, _ in found]), torch.tensor([v for _, v in found]).double()
+
+    w0, w1 = 1.0, 1.0 - 1e-5
+    g0 = float(torch.diff(minima(w0)[1])[0])
+    points, values = minima(w1)
+    for _ in range(30):
+        g1 = float(torch.diff(values)[0])
+        if abs(g1) < tol or g1 == g0:
+            break
+        w0, w1, g0 = w1, w1 - g1 * (w1 - w0) / (g1 - g0), g1
+        points, values = minima(w1)
+    return w1, points, values
+
+
+def make_gaussian_basins(
+    spectra: Sequence[Sequence[float]],
+    *,
+    separation: float = 2.0,
+    confinement: float = 1e-3,
+) -> Landscape:
+    """Two Gaussian wells (:func:`gaussian_basins`) with diagonal precisions A_I =
+    diag(``spectra[I]``), at c_{1,2} = ∓``separation``·(1, 1, 0, …, 0), made equally deep by
+    the weight of the second (w_2 = 1 − ε, solved). ``spectra`` ``[[0.8]*2, [1.6]*2]`` is
+    eq. 17 with its ε solved. ``params`` holds centers, precisions, weights and confinement.
+    """
+    a = torch.stack([torch.diag(torch.as_tensor(s, dtype=torch.float64)) for s in spectra])
+    if a.shape[0] != 2 or a.shape[1] < 2:
+        raise ValueError("spectra must be two lists of the same length n ≥ 2")
+    n = a.shape[1]
+    c = torch.zeros(2, n, dtype=torch.float64)
+    c[0, :2], c[1, :2] = -separation, separation
+    w2, points, values = _equal_depth_weight(c, a, confinement)
+    weights = (1.0, w2)
+    return Landscape(
+        "gaussian_basins",
+        lambda t: gaussian_basins(t, c.to(t.device), a.to(t.device), weights, confinement),
+        n,
+        points,
+        float(values.min()),
+        (-5.0, 5.0),
+        {"centers": c, "precisions": a, "weights": weights, "confinement": confinement},
+    )
+
+
+def make_quadratic_basins(
+    centers: Tensor, hessians: Tensor, depths: Sequence[float] | Tensor | None = None
+) -> Landscape:
+    """:func:`quadratic_basins` as a :class:`Landscape` (depths 0 by default)."""
+    c = torch.as_tensor(centers, dtype=torch.float64)
+    h = torch.as_tensor(hessians, dtype=torch.float64)
+    v = (
+        torch.zeros(c.shape[0], dtype=torch.float64)
+        if depths is None
+        else torch.as_tensor(depths, dtype=torch.float64)
+    )
+    return Landscape(
+        "quadratic_basins",
+        lambda t: quadratic_basins(t, c.to(t.device), h.to(t.device), v.to(t.device)),
+        c.shape[1],
+        c.clone(),
+        float(v.min()),
+        (-5.0, 5.0),
+        {"centers": c, "hessians": h, "depths": v.tolist()},
     )
 
 

@@ -14,38 +14,54 @@ over the region 0 < V < E. Near a minimum, V ≈ V_I + ½Σ m_Ii²(θ_i − θ_I
 which grows like log(1/V_I) as V_I → 0 (eq. 10): the shares of equally deep minima are then
 ∝ 1/Π_i m_Ii = det(H_I)^{−1/2}.
 
-Functions here: :func:`phase_space_density` (eq. 40's integrand), :func:`phase_space_volume`
-(eq. 40 by a midpoint rule on a grid, n ≤ 3), :func:`basin_volume_numeric` (eq. 40 over the
-ellipse |η_I| < 1, n = 2, polar coordinates), :func:`hessians` (``torch.func.hessian``),
-:func:`basin_log_volume` (eq. 47), :func:`basin_shares` / :func:`predicted_ratio` (eq. 10/47),
-and the non-relativistic counterpart :func:`newtonian_density` (eq. 41).
+Other ECD Hamiltonians have their own measures (:func:`marginal_density`): the separable
+Hamiltonian of ECDSep, H = log V + log(s + Π²) with V = F_eff^η, gives (e^E/V)(e^E/V − s)^{(n−2)/2}
+(∝ F_eff^{−ηn/2} when s ≪ e^E/V), and unit-speed ECD the measure ∝ F_eff^{−ηn/2}.
+
+Functions here: :func:`phase_space_density` (eq. 40's integrand), :func:`marginal_density` (the
+same for every Hamiltonian), :func:`phase_space_volume` (eq. 40 by a midpoint rule on a grid,
+n ≤ 3), :func:`ellipsoid_integral` and :func:`basin_volume_numeric` (eq. 40 over the ellipsoid
+|η_I| < r with the full V, any n), :func:`occupation_shares` (the predicted fraction of time in
+each ellipse, n = 2), :func:`sample_marginal` (positions drawn from the measure, n = 2),
+:func:`hessians` (``torch.func.hessian``), :func:`basin_log_volume` (eq. 47),
+:func:`basin_shares` / :func:`predicted_ratio` (eq. 10/47), and the non-relativistic
+counterpart :func:`newtonian_density` (eq. 41).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "MEASURE_HAMILTONIANS",
     "basin_log_volume",
     "basin_radial_integral",
     "basin_shares",
     "basin_volume_numeric",
+    "ellipsoid_integral",
     "hessians",
     "hyp2f1_basin",
     "in_basin",
     "log_sphere_area",
+    "marginal_density",
     "newtonian_density",
+    "occupation_shares",
     "phase_space_density",
     "phase_space_volume",
     "predicted_ratio",
+    "sample_marginal",
 ]
 
 Potential = Callable[[Tensor], Tensor]
+Density = Callable[[Tensor], Tensor]
+
+#: the Hamiltonians :func:`marginal_density` knows
+MEASURE_HAMILTONIANS = ("born_infeld", "separable", "unit_speed", "inverse_mass")
 
 
 def log_sphere_area(n: int) -> float:
@@ -70,6 +86,78 @@ def newtonian_density(potential: Tensor, energy: float, n: int) -> Tensor:
     inside = potential < energy
     gap = torch.where(inside, energy - potential, torch.ones_like(potential))
     return torch.where(inside, gap ** (0.5 * (n - 2)), torch.zeros_like(potential))
+
+
+def marginal_density(
+    effective: Tensor,
+    energy: float,
+    n: int,
+    *,
+    hamiltonian: str = "born_infeld",
+    loss_power: float = 1.0,
+    kinetic_offset: float = 1.0,
+) -> Tensor:
+    """The density in parameter space of the microcanonical measure ∫dⁿΠ δ(H − E), over Ω_n.
+
+    ``effective`` is F_eff = F − F0 (> 0 where the particle can be); V = F_eff^η with η =
+    ``loss_power``. Writing p = |Π| on the shell, the density is p^{n−1}/|∂H/∂p|:
+
+    - ``born_infeld`` (eq. 40): (E/V)(E²/V − V)^{(n−2)/2} where V < E;
+    - ``separable`` (ECDSep, H = log V + log(s + Π²), s = ``kinetic_offset``):
+      ½(e^E/V)(e^E/V − s)^{(n−2)/2} where V < e^E/s;
+    - ``inverse_mass`` (H = ½VΠ²): (2E/V)^{(n−2)/2}/V;
+    - ``unit_speed`` (|Θ̇| = 1, no energy): F_eff^{−ηn/2}, the measure its force is built for.
+
+    Zero where F_eff ≤ 0 or the shell is empty.
+    """
+    if hamiltonian not in MEASURE_HAMILTONIANS:
+        raise ValueError(f"hamiltonian must be one of {MEASURE_HAMILTONIANS}, got {hamiltonian!r}")
+    f = effective
+    positive = f > 0
+    safe_f = torch.where(positive, f, torch.ones_like(f))
+    if hamiltonian == "unit_speed":
+        return torch.where(positive, safe_f ** (-0.5 * loss_power * n), torch.zeros_like(f))
+    v = safe_f**loss_power
+    if hamiltonian == "born_infeld":
+        return torch.where(positive, phase_space_density(v, energy, n), torch.zeros_like(f))
+    if hamiltonian == "separable":
+        scale = math.exp(energy) / v  # p² + s
+        inside = positive & (scale > kinetic_offset)
+        p_sq = torch.where(inside, scale - kinetic_offset, torch.ones_like(f))
+        dens = 0.5 * scale * p_sq ** (0.5 * (n - 2))
+        return torch.where(inside, dens, torch.zeros_like(f))
+    dens = (2.0 * energy / v) ** (0.5 * (n - 2)) / v  # inverse_mass
+    return torch.where(positive, dens, torch.zeros_like(f))
+
+
+def sample_marginal(
+    density: Density,
+    lo: Sequence[float],
+    hi: Sequence[float],
+    count: int,
+    *,
+    points: int = 2000,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``count`` positions ``[count, 2]`` drawn from a 2-D density over the box [lo, hi].
+
+    The box is cut into ``points``² cells; a cell is drawn with probability ∝ density at its
+    midpoint × area, then a point uniformly inside it. ``density`` maps ``[N, 2]`` → ``[N]``
+    (≥ 0). The cells should be small next to the scale on which the density changes.
+    """
+    lo_t = torch.as_tensor(lo, dtype=torch.float64)
+    hi_t = torch.as_tensor(hi, dtype=torch.float64)
+    if lo_t.numel() != 2 or hi_t.numel() != 2:
+        raise ValueError("sample_marginal is two-dimensional: lo and hi need 2 numbers")
+    mesh, _ = _grid(lo_t, hi_t, points)
+    with torch.no_grad():
+        weight = density(mesh).clamp(min=0)
+    if not bool(weight.sum() > 0):
+        raise ValueError("the density is zero everywhere on the grid")
+    idx = torch.multinomial(weight / weight.sum(), count, replacement=True, generator=generator)
+    cell = (hi_t - lo_t) / points
+    jitter = torch.rand(count, 2, generator=generator, dtype=torch.float64) - 0.5
+    return mesh[idx] + jitter * cell
 
 
 def _grid(lo: Tensor, hi: Tensor, points: int) -> tuple[Tensor, float]:
@@ -129,7 +217,8 @@ def hessians(potential: Potential, minima: Tensor) -> Tensor:
 def in_basin(theta: Tensor, center: Tensor, hessian: Tensor) -> Tensor:
     """Whether |η_I| < 1 with η_I = sqrt(eig H_I)·(Θ − c_I) (App. A.3): (Θ−c)ᵀH(Θ−c) < 1."""
     d = theta - center.to(theta.dtype)
-    return torch.einsum("...i,ij,...j->...", d, hessian.to(theta.dtype), d) < 1.0
+    # two-operand products: a three-operand einsum re-plans its contraction on every call
+    return ((d @ hessian.to(theta.dtype)) * d).sum(dim=-1) < 1.0
 
 
 def basin_radial_integral(n: int, v_min: float, points: int = 20001) -> float:
@@ -204,32 +293,110 @@ def predicted_ratio(
     return float(shares[0] / shares[1])
 
 
+def _directions(n: int, count: int, seed: int) -> Tensor:
+    """Unit vectors for an angular average: the circle's midpoints for n = 2, else ``count``
+    Gaussian directions (seeded) with their antipodes."""
+    if n == 2:
+        phi = (torch.arange(count, dtype=torch.float64) + 0.5) * (2 * math.pi / count)
+        return torch.stack([torch.cos(phi), torch.sin(phi)], dim=-1)
+    gen = torch.Generator().manual_seed(seed)
+    xi = torch.randn((count + 1) // 2, n, generator=gen, dtype=torch.float64)
+    xi = xi / torch.linalg.vector_norm(xi, dim=-1, keepdim=True)
+    return torch.cat([xi, -xi])
+
+
+def ellipsoid_integral(
+    density: Density,
+    center: Tensor,
+    hessian: Tensor,
+    *,
+    radius: float = 1.0,
+    radial: int = 2000,
+    angular: int = 360,
+    seed: int = 0,
+    chunk: int = 1 << 20,
+) -> float:
+    """∫ density(Θ) dⁿΘ over the ellipsoid (Θ − c)ᵀH(Θ − c) < r², i.e. |η| < r (eq. 45).
+
+    Θ = c + U diag(1/m) η with H = U diag(m²) Uᵀ and η = ρ·ω: the radius ρ on a log grid
+    (trapezoid rule, resolving the peak at ρ ~ sqrt(V_I) of eq. 40), the direction ω averaged
+    over the circle's midpoints (n = 2) or ``angular`` random directions with their antipodes
+    (n > 2, seeded). ``density`` maps ``[N, n]`` → ``[N]``.
+    """
+    c = torch.as_tensor(center, dtype=torch.float64)
+    n = c.numel()
+    eig, u = torch.linalg.eigh(torch.as_tensor(hessian, dtype=torch.float64))
+    if bool((eig <= 0).any()):
+        raise ValueError("the Hessian must be positive definite")
+    m = eig.sqrt()
+    s = torch.linspace(math.log(1e-9), 0.0, radial, dtype=torch.float64) + math.log(radius)
+    r = torch.exp(s)
+    omega = _directions(n, angular, seed)
+    mean = torch.empty(radial, dtype=torch.float64)
+    per = max(1, chunk // omega.shape[0])
+    with torch.no_grad():
+        for i in range(0, radial, per):
+            eta = r[i : i + per, None, None] * omega[None]
+            pts = c + (eta / m) @ u.T
+            mean[i : i + per] = density(pts.reshape(-1, n)).reshape(eta.shape[:2]).mean(dim=1)
+    integral = float(torch.trapezoid(r**n * mean, s))  # ∫ρ^{n−1}dρ = ∫ρⁿ d log ρ
+    return math.exp(log_sphere_area(n)) * integral / float(m.prod())
+
+
 def basin_volume_numeric(
     potential: Potential,
     center: Tensor,
     hessian: Tensor,
     energy: float,
     *,
+    radius: float = 1.0,
     radial: int = 2000,
     angular: int = 360,
 ) -> float:
-    """Eq. 40 integrated over the ellipse |η_I| < 1 of a 2-D basin, with the full V (not eq. 44).
+    """Eq. 40 integrated over the ellipsoid |η_I| < r of a basin, with the full V (not eq. 44).
 
-    Θ = c + U diag(1/m) η with H = U diag(m²) Uᵀ; polar η = r(cos φ, sin φ), log-spaced r.
-    ``potential`` gives V (already shifted by the floor). Includes Ω_2 = 2π.
+    ``potential`` gives V (already shifted by the floor) for ``[N, n]`` points. Includes the
+    momentum sphere's Ω_n. Any n (see :func:`ellipsoid_integral`).
     """
-    c = torch.as_tensor(center, dtype=torch.float64)
-    if c.numel() != 2:
-        raise ValueError("basin_volume_numeric is two-dimensional")
-    eig, u = torch.linalg.eigh(torch.as_tensor(hessian, dtype=torch.float64))
-    m = eig.sqrt()
-    s = torch.linspace(math.log(1e-9), 0.0, radial, dtype=torch.float64)
-    r = torch.exp(s)
-    phi = (torch.arange(angular, dtype=torch.float64) + 0.5) * (2 * math.pi / angular)
-    eta = torch.stack([torch.cos(phi), torch.sin(phi)], dim=-1)  # [A, 2]
-    pts = c + (r[:, None, None] * eta[None]) / m @ u.T  # [R, A, 2]
+    n = torch.as_tensor(center).numel()
+
+    def density(pts: Tensor) -> Tensor:
+        return phase_space_density(potential(pts), energy, n)
+
+    inner = ellipsoid_integral(
+        density, center, hessian, radius=radius, radial=radial, angular=angular
+    )
+    return math.exp(log_sphere_area(n)) * inner
+
+
+def occupation_shares(
+    density: Density,
+    centers: Tensor,
+    hessians: Tensor,
+    lo: Sequence[float],
+    hi: Sequence[float],
+    *,
+    radius: float = 1.0,
+    points: int = 2000,
+) -> Tensor:
+    """The predicted fraction of time in each ellipse |η_I| < r for a mixing system (n = 2).
+
+    The ellipses by :func:`ellipsoid_integral`, the rest of the box [lo, hi] by a midpoint rule
+    on a ``points``² grid; the box must hold every point where ``density`` > 0. Returns ``[K]``.
+    """
+    c = torch.as_tensor(centers, dtype=torch.float64)
+    h = torch.as_tensor(hessians, dtype=torch.float64)
+    if c.shape[-1] != 2:
+        raise ValueError("occupation_shares is two-dimensional")
+    inside = torch.tensor(
+        [ellipsoid_integral(density, c[i], h[i], radius=radius) for i in range(c.shape[0])],
+        dtype=torch.float64,
+    )
+    f64 = dict(dtype=torch.float64)
+    mesh, cell = _grid(torch.as_tensor(lo, **f64), torch.as_tensor(hi, **f64), points)
     with torch.no_grad():
-        dens = phase_space_density(potential(pts.reshape(-1, 2)), energy, 2).reshape(radial, -1)
-    radial_f = dens.mean(dim=1) * (2 * math.pi) * r * r  # ∫dφ · r dr = ∫dφ · r² ds
-    integral = float(torch.trapezoid(radial_f, s))
-    return math.exp(log_sphere_area(2)) * integral / float(m.prod())
+        outside = torch.ones(mesh.shape[0], dtype=torch.bool)
+        for i in range(c.shape[0]):
+            outside &= ~in_basin(mesh, c[i], h[i] / radius**2)
+        rest = float(torch.where(outside, density(mesh), torch.zeros(())).sum()) * cell
+    return inside / (float(inside.sum()) + rest)

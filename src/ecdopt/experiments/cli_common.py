@@ -38,6 +38,7 @@ __all__ = [
     "add_output_options",
     "add_progress_options",
     "add_seed_option",
+    "check_device",
     "check_json_path",
     "check_out_dir",
     "check_outputs",
@@ -46,6 +47,7 @@ __all__ = [
     "int_type",
     "log_function",
     "note_saved",
+    "progress_bar",
     "saved_summary",
     "seed_type",
     "show_progress",
@@ -74,10 +76,14 @@ def _range_text(low: float | None, high: float | None, low_open: bool, high_open
     return " and ".join(parts)
 
 
-def int_type(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer with ``low <= value <= high`` (either bound optional)."""
-    bounds = _range_text(low, high, False, False)
-    allowed = "an integer" + (" " + bounds if bounds else "")
+def int_type(
+    low: int | None = None, high: int | None = None, *, allowed: str | None = None
+) -> Callable[[str], int]:
+    """An argparse ``type``: an integer with ``low <= value <= high`` (either bound optional);
+    ``allowed`` replaces the range's wording in the error message."""
+    if allowed is None:
+        bounds = _range_text(low, high, False, False)
+        allowed = "an integer" + (" " + bounds if bounds else "")
 
     def parse(text: str) -> int:
         try:
@@ -141,7 +147,7 @@ def hyperparameter_type(name: str) -> Callable[[str], float | int]:
     return parse
 
 
-seed_type = int_type(0, SEED_MAX)
+seed_type = int_type(0, SEED_MAX, allowed="an integer 0 <= S < 2**63")
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,8 +162,18 @@ def add_output_options(
     out_help: str = "write plots (PNG) into this folder (default: no plots)",
 ) -> None:
     """``--json FILE`` and ``--out DIR`` (both optional)."""
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help=json_help)
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help=out_help)
+    parser.add_argument("--json", type=_path("file"), default=None, metavar="FILE", help=json_help)
+    parser.add_argument("--out", type=_path("folder"), default=None, metavar="DIR", help=out_help)
+
+
+def _path(what: str) -> Callable[[str], Path]:
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"the {what} name is empty")
+        return Path(text)
+
+    parse.__name__ = what
+    return parse
 
 
 def add_seed_option(
@@ -204,11 +220,45 @@ def show_progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() if chosen is None else bool(chosen)
 
 
+def progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "step") -> Any:
+    """A tqdm bar on stderr (a disabled one that still counts when ``enabled`` is false)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True
+    )
+
+
 def log_function(args: argparse.Namespace) -> Callable[[str], None]:
     """``print`` (flushed) unless ``--quiet``."""
     if getattr(args, "quiet", False):
         return lambda _line: None
     return lambda line: print(line, flush=True)
+
+
+def check_device(text: str, option: str = "--device") -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` when that device exists; ``CommandError`` for
+    anything else (unknown names, ``meta``, or a device type the experiments do not run on)."""
+    import torch
+
+    if text == "auto":
+        return text
+    allowed = "auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"{option} {text!r} is not a device; use {allowed}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"{option} {text}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise CommandError(f"{option} {text}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise CommandError(
+            f"{option} {text}: {device.type} devices are not supported; use {allowed}"
+        )
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,21 +353,21 @@ def strict_json(doc: Mapping[str, Any]) -> dict[str, Any]:
     return clean
 
 
-_SAVED: list[Path] = []
+_SAVED: list[str] = []
 
 
-def note_saved(path: Path | str) -> None:
-    """Record that ``path`` holds results (named by the Ctrl-C message)."""
-    path = Path(path)
-    if path not in _SAVED:
-        _SAVED.append(path)
+def note_saved(where: Path | str) -> None:
+    """Record that ``where`` (a file, or a description such as a database) holds results, for
+    the Ctrl-C message."""
+    if str(where) not in _SAVED:
+        _SAVED.append(str(where))
 
 
 def saved_summary() -> str:
     """``results so far in A, B`` or ``nothing was saved`` (for the Ctrl-C line)."""
     if not _SAVED:
         return "nothing was saved"
-    return "results so far in " + ", ".join(str(p) for p in _SAVED)
+    return "results so far in " + ", ".join(_SAVED)
 
 
 def write_json(path: Path | str, doc: Mapping[str, Any], *, option: str = "--json") -> Path:

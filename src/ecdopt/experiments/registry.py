@@ -3,7 +3,9 @@ allowed ranges, the factory that builds them, and the Optuna search spaces and g
 
 Names: ``bbi`` (:class:`ecdopt.BBI`, Born-Infeld ECD with bounces), ``ecdsep``
 (:class:`ecdopt.ECDSep`, the separable Hamiltonian with chaotic rotations), ``sgdm``
-(``torch.optim.SGD`` with momentum) and ``adam`` (``torch.optim.Adam``).
+(``torch.optim.SGD`` with momentum) and ``adam`` (``torch.optim.Adam``): :data:`OPTIMIZERS`, the
+paper's experiments. :data:`ALL_OPTIMIZERS` adds ``unit_speed`` (:class:`ecdopt.UnitSpeedECD`)
+and ``adamw`` (``torch.optim.AdamW``), used by the transformer experiment.
 
 Hyperparameters keep the library's names; the paper's symbols are: ``lr`` = Δt (the time step),
 ``extra_energy`` = δE (energy above the initial loss), ``loss_floor`` = ΔV (the loss value treated
@@ -13,6 +15,7 @@ as zero), ``bounce_period`` = T0, ``n_bounces`` = N_b, ``bounce_patience`` = T1,
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,16 +23,23 @@ from typing import Any
 
 __all__ = [
     "ACCEPTS",
+    "ALL_OPTIMIZERS",
     "GRIDS",
     "HYPERPARAMETERS",
     "OPTIMIZERS",
     "SEARCH_SPACES",
     "Hyperparameter",
     "check_hyperparameter",
+    "ensemble_off_shell_steps",
     "make_optimizer",
+    "off_shell_steps",
+    "sampler_seed",
+    "seed_plus",
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("bbi", "ecdsep", "sgdm", "adam")
+#: every optimizer :func:`make_optimizer` builds
+ALL_OPTIMIZERS: tuple[str, ...] = (*OPTIMIZERS, "unit_speed", "adamw")
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,10 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter(
             "bounce_patience", int, 1, _INF, "steps without progress before a bounce [T1] (bbi)"
         ),
-        Hyperparameter("loss_power", float, 0.0, _INF, "V = loss**η [η] (ecdsep)", low_open=True),
-        Hyperparameter("chaos", float, 0.0, _INF, "rotation strength [ν] (ecdsep)"),
+        Hyperparameter(
+            "loss_power", float, 0.0, _INF, "V = loss**η [η] (ecdsep, unit_speed)", low_open=True
+        ),
+        Hyperparameter("chaos", float, 0.0, _INF, "rotation strength [ν] (ecdsep, unit_speed)"),
         Hyperparameter("weight_decay", float, 0.0, _INF, "L2 weight decay"),
     )
 }
@@ -106,6 +118,8 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
         "weight_decay",
     ),
     "ecdsep": ("lr", "extra_energy", "loss_floor", "loss_power", "chaos", "weight_decay"),
+    "unit_speed": ("lr", "loss_floor", "loss_power", "chaos", "weight_decay"),
+    "adamw": ("lr", "weight_decay"),
 }
 
 
@@ -128,17 +142,20 @@ def make_optimizer(
     The optimizers check their own arguments (``ValueError`` naming the argument).
     """
     kw = dict(settings)
-    if name in ("bbi", "ecdsep"):
-        from ecdopt import BBI, ECDSep
+    if name in ("bbi", "ecdsep", "unit_speed"):
+        from ecdopt import BBI, ECDSep, UnitSpeedECD
 
-        return (BBI if name == "bbi" else ECDSep)(params, seed=seed, **kw)
+        cls = {"bbi": BBI, "ecdsep": ECDSep, "unit_speed": UnitSpeedECD}[name]
+        return cls(params, seed=seed, **kw)
     import torch
 
     if name == "sgdm":
         return torch.optim.SGD(params, **kw)
     if name == "adam":
         return torch.optim.Adam(params, **kw)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(ALL_OPTIMIZERS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +204,15 @@ SEARCH_SPACES: dict[str, dict[str, Space]] = {
         "sgdm": {"lr": (1e-5, 0.5, True), "momentum": (0.0, 0.99, False)},
         "adam": {"lr": (1e-5, 0.5, True)},
     },
+    # the byte-level transformer, ``ecdopt train gpt``: lr and one more knob each (ECD: the
+    # floor F0; the rest at their defaults: BBI and ECDSep η = 1, unit speed η = 100, ν = 0)
+    "gpt": {
+        "bbi": {"lr": (1e-3, 1.0, True), "loss_floor": (0.0, 2.0, False)},
+        "ecdsep": {"lr": (1e-3, 1.0, True), "loss_floor": (0.0, 2.0, False)},
+        "unit_speed": {"lr": (0.03, 10.0, True), "loss_floor": (0.0, 2.0, False)},
+        "adamw": {"lr": (1e-4, 3e-2, True), "weight_decay": (1e-4, 0.3, True)},
+        "sgdm": {"lr": (1e-3, 3.0, True), "momentum": (0.5, 0.99, False)},
+    },
 }
 
 # The paper's MNIST grid (§4.5); the same learning rates for the other optimizers.
@@ -197,3 +223,47 @@ GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "ecdsep": {"lr": _PAPER_LRS, "extra_energy": (0.0, 0.1, 0.5, 1.0, 2.0)},
     "adam": {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)},
 }
+
+
+# --------------------------------------------------------------------------------------------
+# diagnostics recorded in every result file
+# --------------------------------------------------------------------------------------------
+
+
+def off_shell_steps(optimizer: Any) -> int | None:
+    """Steps on which an ECD optimizer left its energy shell (``diagnostics()["off_shell_steps"]``);
+    None for optimizers without it (SGD, Adam, or a library version that does not count them)."""
+    diagnostics = getattr(optimizer, "diagnostics", None)
+    if not callable(diagnostics):
+        return None
+    value = diagnostics().get("off_shell_steps")
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return int(value)
+
+
+def ensemble_off_shell_steps(result: Any) -> list[int] | None:
+    """Per-particle off-shell step counts of an ensemble run (``EnsembleResult.off_shell_steps``),
+    None when the result does not carry them."""
+    value = getattr(result, "off_shell_steps", None)
+    if value is None:
+        return None
+    return [int(v) for v in value.reshape(-1).tolist()]
+
+
+def sampler_seed(value: int | None) -> int | None:
+    """A seed Optuna's samplers accept (numpy's generators need 0 <= seed < 2**32): ``value``
+    itself when it fits, else a 32-bit hash of it (so every 63-bit seed works)."""
+    if value is None:
+        return None
+    if 0 <= value < 2**32:
+        return value
+    digest = hashlib.blake2b(str(value).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def seed_plus(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into the seeds the library accepts (0 <= seed < 2**63): the
+    derived seeds of run i, of a second phase, ... stay valid for any user seed, and equal
+    ``seed + offset`` whenever that fits."""
+    return (seed + offset) % 2**63

@@ -294,6 +294,8 @@ class RunResult:
     # relative L2 error to each reference every ``trace_every`` iterations (empty if not asked)
     trace_steps: list[int] = field(default_factory=list, repr=False)
     trace_errors: list[list[float]] = field(default_factory=list, repr=False)
+    # steps on which an ECD optimizer left its energy shell (None: SGD / Adam, or not counted)
+    off_shell_steps: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (non-finite numbers become ``null``)."""
@@ -310,6 +312,7 @@ class RunResult:
             "ms_per_iteration": 1e3 * self.wall_seconds / max(self.iterations, 1),
             "iterations": self.iterations,
             "seed": self.seed,
+            "off_shell_steps": self.off_shell_steps,
             **(
                 {
                     "trace": {
@@ -461,7 +464,7 @@ def train_run(
         model = ResNetAnsatz(preset.dim, preset.width, preset.depth).to(device=dev, dtype=dtype)
     loss_fn = PDELoss(preset.problem, gamma=preset.gamma, reg=preset.reg, laplacian=laplacian)
     points_gen = torch.Generator().manual_seed(init_seed)
-    resample_gen = torch.Generator().manual_seed(10_007 * seed + 1)
+    resample_gen = torch.Generator().manual_seed((10_007 * seed + 1) % 2**64)
 
     def new_points(gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         xi = sample_ball(preset.n_interior, preset.dim, gen, dtype=torch.float64)
@@ -551,6 +554,7 @@ def train_run(
         section=section.double().cpu().numpy(),
         trace_steps=trace_steps,
         trace_errors=trace_errors,
+        off_shell_steps=registry.off_shell_steps(opt),
     )
 
 
@@ -565,6 +569,7 @@ def train_runs(
     solutions: Sequence[RadialSolution] | None = None,
     tolerance: float = 0.05,
     jobs: int = 1,
+    on_run: Callable[[dict[str, Any], RunResult], None] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """``runs`` runs; returns the JSON document ``{"runs": [...], "counts": {...}, ...}``.
@@ -579,6 +584,9 @@ def train_runs(
     torch thread; a run's result does not depend on ``jobs`` (it equals a ``jobs=1`` run under
     ``torch.set_num_threads(1)``). The preset's profile must then be picklable (a module-level
     class, not a lambda).
+
+    ``on_run(document, result)`` is called as each run finishes, with the document of the runs
+    finished so far (in run order, ``runs_done`` of ``runs_total``), so a caller can save it.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -587,19 +595,48 @@ def train_runs(
     progress = kwargs.pop("progress", False)
     calls = [
         {
-            "seed": seed + i,
-            "init_seed": seed + i if vary_init else (seed if init_seed is None else init_seed),
+            "seed": registry.seed_plus(seed, i),
+            "init_seed": registry.seed_plus(seed, i)
+            if vary_init
+            else (seed if init_seed is None else init_seed),
             "desc": f"{preset.name}/{optimizer} run {i + 1}/{runs}",
             **kwargs,
         }
         for i in range(runs)
     ]
+    settings = dict(preset.optimizers[optimizer])
+    if kwargs.get("lr") is not None:
+        settings["lr"] = kwargs["lr"]
+    settings.update(kwargs.get("overrides") or {})
+    done: dict[int, RunResult] = {}
+
+    def document() -> dict[str, Any]:
+        finished = [done[i] for i in sorted(done)]
+        return _runs_document(preset, optimizer, settings, solutions, finished, tolerance, runs)
+
+    def finished(index: int, result: RunResult) -> None:
+        done[index] = result
+        if on_run is not None:
+            on_run(document(), result)
+
     if jobs == 1 or runs == 1:
-        results = [
-            train_run(preset, optimizer, solutions, progress=progress, **call) for call in calls
-        ]
+        for i, call in enumerate(calls):
+            finished(i, train_run(preset, optimizer, solutions, progress=progress, **call))
     else:
-        results = _train_in_workers(preset, optimizer, solutions, calls, jobs, progress)
+        _train_in_workers(preset, optimizer, solutions, calls, jobs, progress, finished)
+    return document()
+
+
+def _runs_document(
+    preset: PDEPreset,
+    optimizer: str,
+    settings: Mapping[str, Any],
+    solutions: Sequence[RadialSolution],
+    results: Sequence[RunResult],
+    tolerance: float,
+    runs_total: int,
+) -> dict[str, Any]:
+    """The JSON document of finished runs (plus ``_results`` / ``_solutions`` for the plots)."""
     counts = {str(k): 0 for k in range(len(solutions))}
     converged = dict(counts)
     for r in results:
@@ -607,22 +644,20 @@ def train_runs(
             counts[str(r.nearest_solution)] += 1
             if r.relative_l2_error <= tolerance:
                 converged[str(r.nearest_solution)] += 1
-    settings = dict(preset.optimizers[optimizer])
-    if kwargs.get("lr") is not None:
-        settings["lr"] = kwargs["lr"]
-    settings.update(kwargs.get("overrides") or {})
     return {
         "preset": preset.name,
         "profile": profile_description(preset.profile),
         "dim": preset.dim,
         "optimizer": optimizer,
-        "optimizer_settings": settings,
+        "optimizer_settings": dict(settings),
         "solutions": [s.as_dict() for s in solutions],
+        "runs_total": runs_total,
+        "runs_done": len(results),
         "runs": [r.as_dict() for r in results],
         "counts": counts,
         "converged_counts": converged,
         "tolerance": tolerance,
-        "_results": results,  # not JSON: dropped by the CLI, used for plots
+        "_results": list(results),  # not JSON: dropped by the CLI, used for plots
         "_solutions": list(solutions),
     }
 
@@ -635,6 +670,13 @@ def _train_job(
     return train_run(preset, optimizer, solutions, **call)
 
 
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (no traceback from every worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _train_in_workers(
     preset: PDEPreset,
     optimizer: str,
@@ -642,8 +684,10 @@ def _train_in_workers(
     calls: list[dict[str, Any]],
     jobs: int,
     progress: bool,
-) -> list[RunResult]:
-    """:func:`train_run` for each of ``calls`` in ``jobs`` spawned processes, results in order."""
+    finished: Callable[[int, RunResult], None],
+) -> None:
+    """:func:`train_run` for each of ``calls`` in ``jobs`` spawned processes; ``finished(i,
+    result)`` as each one ends. On an interruption the workers are stopped at once."""
     import multiprocessing
     import pickle
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -657,22 +701,29 @@ def _train_in_workers(
             f"jobs > 1 needs a picklable profile (a module-level class); "
             f"{type(preset.profile).__name__} is not: {exc}"
         ) from exc
-    results: list[RunResult | None] = [None] * len(calls)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(calls), desc=f"{preset.name}/{optimizer} ({jobs} jobs)", unit="run")
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=context) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(calls)), mp_context=context, initializer=_ignore_interrupts
+    )
+    try:
         futures = {
             pool.submit(_train_job, portable, optimizer, list(solutions), call): i
             for i, call in enumerate(calls)
         }
         for future in as_completed(futures):
-            results[futures[future]] = future.result()
+            finished(futures[future], future.result())
             if bar is not None:
                 bar.update(1)
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     if bar is not None:
         bar.close()
-    return [r for r in results if r is not None]

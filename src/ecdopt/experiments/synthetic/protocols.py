@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from ecdopt.ensemble import simulate
-from ecdopt.experiments.registry import SEARCH_SPACES
-from ecdopt.experiments.synthetic.tuning import Method, run_method, tune
+from ecdopt.experiments.registry import SEARCH_SPACES, ensemble_off_shell_steps, seed_plus
+from ecdopt.experiments.synthetic.tuning import Method, TuningResult, run_method, tune
 from ecdopt.landscapes import ackley, make_two_basin, two_basin, zakharov
-from ecdopt.theory import (
-    basin_log_volume,
-    basin_volume_numeric,
-    hessians,
-    in_basin,
-    predicted_ratio,
-)
+from ecdopt.stats import count_ratio_interval, wilson_interval
+from ecdopt.theory import hessians, in_basin, predicted_ratio
 
 __all__ = [
     "ACKLEY_START",
@@ -41,9 +36,11 @@ F64 = torch.float64
 #: the fixed start of the Ackley search (the authors' notebook)
 ACKLEY_START = (-4.0, 3.0)
 Progress = Callable[[int], None]
+#: called with the summary so far after each finished method (or bounce direction)
+OnResult = Callable[[dict], None]
 
 
-def _noop(_: int) -> None:
+def _noop(_: object) -> None:
     return None
 
 
@@ -77,6 +74,9 @@ class AckleyConfig:
     seed: int = 0
     methods: tuple[str, ...] = ("bbi", "sgdm", "adam", "ecdsep")
     bounce_direction: str = "uniform"  # the authors' code drew uniform directions
+    off_shell: str = "exact"  # Algorithm 1 literally: a figure labelled BBI is Algorithm 1's
+    #: hyperparameters to use instead of tuning, per method (e.g. ``{"bbi": {"lr": 0.00982}}``)
+    params: dict = field(default_factory=dict)
 
 
 def ackley_methods() -> dict[str, Method]:
@@ -114,11 +114,15 @@ def ackley_methods() -> dict[str, Method]:
 
 
 def ackley_protocol(
-    cfg: AckleyConfig, progress: Progress = _noop, record_curves: bool = True
+    cfg: AckleyConfig,
+    progress: Progress = _noop,
+    record_curves: bool = True,
+    on_result: OnResult = _noop,
 ) -> tuple[dict, dict]:
     """§4.1: tune each method at (−4, 3), then evolve ``starts`` × ``repeats`` runs.
 
     A run stops once it visits F < target; a start succeeds if any of its runs did.
+    ``on_result(summary)`` is called after each method with the summary so far.
     """
     fn = lambda t: ackley(t, b=cfg.b)  # noqa: E731
     start = torch.tensor(ACKLEY_START, dtype=F64)
@@ -133,24 +137,34 @@ def ackley_protocol(
             method = replace(
                 method, fixed={**method.fixed, "bounce_direction": cfg.bounce_direction}
             )
-        tuned = tune(
-            method,
-            fn,
-            start,
-            trials=cfg.trials,
-            steps=cfg.tune_steps,
-            batch=cfg.batch,
-            seed=cfg.seed,
-            on_batch=lambda k: progress(k * cfg.tune_steps),
-        )
-        hyper[name] = {**_jsonable(method.fixed), **tuned.params, "tuning_objective": tuned.value}
+        if method.kind == "ecd":
+            method = replace(method, fixed={**method.fixed, "off_shell": cfg.off_shell})
+        if name in cfg.params:  # given, not tuned (the demo uses the full protocol's values)
+            tuned = TuningResult(dict(cfg.params[name]), math.inf, 0)
+        else:
+            tuned = tune(
+                method,
+                fn,
+                start,
+                trials=cfg.trials,
+                steps=cfg.tune_steps,
+                batch=cfg.batch,
+                seed=cfg.seed,
+                on_batch=lambda k: progress(k * cfg.tune_steps),
+            )
+        hyper[name] = {
+            **_jsonable(method.fixed),
+            **tuned.params,
+            "tuning_objective": None if name in cfg.params else tuned.value,
+            "tuned": name not in cfg.params,
+        }
         res = run_method(
             method,
             fn,
             theta0,
             cfg.steps,
             tuned.params,
-            seed=cfg.seed + 1,
+            seed=seed_plus(cfg.seed, 1),
             target=cfg.target,
             stop_at_target=True,
             callback=_progress_callback(progress),
@@ -158,12 +172,16 @@ def ackley_protocol(
         progress(max(0, cfg.steps - (res.steps // 200) * 200))
         hit = (res.steps_to_target >= 0).view(cfg.starts, cfg.repeats)
         steps_ok = res.steps_to_target[res.steps_to_target >= 0].double()
+        successes, run_successes = int(hit.any(dim=1).sum()), int(hit.sum())
         results[name] = {
             "starts": cfg.starts,
-            "successes": int(hit.any(dim=1).sum()),
-            "run_successes": int(hit.sum()),
+            "successes": successes,
+            "success_rate": wilson_interval(successes, cfg.starts).as_dict(),
+            "run_successes": run_successes,
+            "run_success_rate": wilson_interval(run_successes, cfg.starts * cfg.repeats).as_dict(),
             "runs": cfg.starts * cfg.repeats,
             "median_steps": float(steps_ok.median()) if steps_ok.numel() else None,
+            "off_shell_steps": ensemble_off_shell_steps(res),
         }
         if record_curves:  # Figs. 2-3: one run from the tuning start, with the tuned values
             curve = run_method(
@@ -172,13 +190,18 @@ def ackley_protocol(
                 start[None],
                 cfg.steps,
                 tuned.params,
-                seed=cfg.seed + 2,
+                seed=seed_plus(cfg.seed, 2),
                 target=cfg.target,
                 stop_at_target=True,
                 record_every=1,
             )
             extras["curves"][name] = (curve.history_theta[:, 0], curve.history_value[:, 0])
-    summary = {
+        on_result(_ackley_summary(cfg, results, hyper))
+    return _ackley_summary(cfg, results, hyper), extras
+
+
+def _ackley_summary(cfg: AckleyConfig, results: dict, hyper: dict) -> dict:
+    return {
         "target": cfg.target,
         "ackley_b": cfg.b,
         "start_for_tuning": list(ACKLEY_START),
@@ -190,10 +213,10 @@ def ackley_protocol(
             "steps": cfg.steps,
             "seed": cfg.seed,
         },
-        "results": results,
-        "hyperparameters": hyper,
+        "methods_done": list(results),
+        "results": dict(results),
+        "hyperparameters": dict(hyper),
     }
-    return summary, extras
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +236,7 @@ class ZakharovConfig:
     seed: int = 0
     methods: tuple[str, ...] = ("bbi", "sgdm", "sgdm_narrow", "adam", "ecdsep")
     thresholds: tuple[float, ...] = (1e-6, 1e-10, 1e-20)
+    off_shell: str = "exact"  # Algorithm 1 literally: a figure labelled BBI is Algorithm 1's
 
 
 def zakharov_methods() -> dict[str, Method]:
@@ -248,13 +272,20 @@ def _first_below(values: Tensor, threshold: float) -> int | None:
     return int(idx[0]) if idx.numel() else None
 
 
-def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[dict, dict]:
-    """§4.2: tune each method from (−1, …, −1), then run ``steps`` steps with the best values."""
+def zakharov_protocol(
+    cfg: ZakharovConfig, progress: Progress = _noop, on_result: OnResult = _noop
+) -> tuple[dict, dict]:
+    """§4.2: tune each method from (−1, …, −1), then run ``steps`` steps with the best values.
+
+    ``on_result(summary)`` is called after each method with the summary so far.
+    """
     start = -torch.ones(cfg.dim, dtype=F64)
     methods = zakharov_methods()
     results, hyper, curves = {}, {}, {}
     for name in cfg.methods:
         method = methods[name]
+        if method.kind == "ecd":
+            method = replace(method, fixed={**method.fixed, "off_shell": cfg.off_shell})
         tuned = tune(
             method,
             zakharov,
@@ -276,8 +307,14 @@ def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[
             "final_loss": float(res.value[0]),
             "best_loss": float(res.best_value[0]),
             "steps_to": {f"{t:.0e}": _first_below(values, t) for t in cfg.thresholds},
+            "off_shell_steps": ensemble_off_shell_steps(res),
         }
-    summary = {
+        on_result(_zakharov_summary(cfg, results, hyper))
+    return _zakharov_summary(cfg, results, hyper), {"curves": curves}
+
+
+def _zakharov_summary(cfg: ZakharovConfig, results: dict, hyper: dict) -> dict:
+    return {
         "dim": cfg.dim,
         "start": -1.0,
         "protocol": {
@@ -286,10 +323,10 @@ def zakharov_protocol(cfg: ZakharovConfig, progress: Progress = _noop) -> tuple[
             "steps": cfg.steps,
             "seed": cfg.seed,
         },
-        "results": results,
-        "hyperparameters": hyper,
+        "methods_done": list(results),
+        "results": dict(results),
+        "hyperparameters": dict(hyper),
     }
-    return summary, {"curves": curves}
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,13 +349,9 @@ class BasinsConfig:
     epsilon: float = 2.75e-6
     start: tuple[float, float] = (10.0, -10.0)
     bounce_direction: str = "gaussian"
+    off_shell: str = "exact"  # Algorithm 1 literally
     seed: int = 0
     trajectories: int = 10
-    # beyond the paper: time-averaged occupation with the floor below the minima (V_I > 0)
-    occupation_runs: int = 200
-    occupation_steps: int = 20_000
-    occupation_burn_in: int = 2_000
-    occupation_v_min: float = 1e-3
 
 
 def basin_regions(epsilon: float) -> tuple[Tensor, Tensor]:
@@ -359,80 +392,52 @@ def _first_passage(cfg: BasinsConfig, direction: str, progress: Progress) -> dic
         n_bounces=cfg.n_bounces,
         bounce_patience=cfg.bounce_patience,
         bounce_direction=direction,
+        off_shell=cfg.off_shell,
         seed=cfg.seed,
         callback=_classifier(centers, hess, labels, progress),
     )
     progress(max(0, cfg.steps - (res.steps // 200) * 200))
     n1, n2 = int((labels == 1).sum()), int((labels == 2).sum())
-    cum1 = torch.cumsum(labels == 1, 0).double()
-    cum2 = torch.cumsum(labels == 2, 0).double()
-    running = torch.where(cum2 > 0, cum1 / cum2.clamp(min=1), torch.nan)
     return {
         "measured_ratio": n1 / n2 if n2 else None,
+        "ratio_interval": count_ratio_interval(n1, n2).as_dict(),
         "counts": {"basin1": n1, "basin2": n2, "neither": cfg.runs - n1 - n2},
-        "running_ratio": running,
+        "fraction_basin1": wilson_interval(n1, cfg.runs).as_dict(),
+        "fraction_basin2": wilson_interval(n2, cfg.runs).as_dict(),
+        "off_shell_steps": ensemble_off_shell_steps(res),
+        "running_ratio": running_count_ratio(labels),
     }
 
 
-def _occupation(cfg: BasinsConfig, direction: str, progress: Progress) -> dict:
-    """Time-averaged occupation of |η_I| < 1 with V_I = ``occupation_v_min`` > 0 (eqs. 40, 47)."""
-    land = make_two_basin(cfg.epsilon)
-    centers, hess = land.minima, hessians(land.fn, land.minima)
-    floor = land.minimum_value - cfg.occupation_v_min
-    start = torch.tensor(cfg.start, dtype=F64)
-    energy = float(two_basin(start, epsilon=cfg.epsilon)) - floor + cfg.extra_energy
-    counts = torch.zeros(2, dtype=F64)
-    seen = [0]
-
-    def cb(k: int, theta: Tensor, value: Tensor) -> None:
-        if k >= cfg.occupation_burn_in:
-            counts[0] += in_basin(theta, centers[0], hess[0]).sum()
-            counts[1] += in_basin(theta, centers[1], hess[1]).sum()
-            seen[0] += theta.shape[0]
-        if k and k % 200 == 0:
-            progress(200)
-
-    total = cfg.occupation_burn_in + cfg.occupation_steps
-    simulate(
-        land.fn,
-        start.expand(cfg.occupation_runs, 2).clone(),
-        total,
-        lr=cfg.lr,
-        loss_floor=floor,
-        extra_energy=cfg.extra_energy,
-        bounce_period=cfg.bounce_period,
-        n_bounces=cfg.n_bounces,
-        bounce_patience=cfg.bounce_patience,
-        bounce_direction=direction,
-        seed=cfg.seed + 7,
-        callback=cb,
-    )
-    progress(total % 200)
-    frac = (counts / max(seen[0], 1)).tolist()
-    pot = lambda t: land.fn(t) - floor  # noqa: E731
-    vol = [basin_volume_numeric(pot, centers[i], hess[i], energy) for i in range(2)]
-    v_i = [float(land.fn(centers[i][None])[0]) - floor for i in range(2)]
-    eq47 = [math.exp(basin_log_volume(hess[i], energy, v_i[i])) for i in range(2)]
-    return {
-        "runs": cfg.occupation_runs,
-        "steps": cfg.occupation_steps,
-        "burn_in": cfg.occupation_burn_in,
-        "v_min": cfg.occupation_v_min,
-        "energy": energy,
-        "fraction_basin1": frac[0],
-        "fraction_basin2": frac[1],
-        "measured_ratio": frac[0] / frac[1] if frac[1] > 0 else None,
-        "predicted_ratio_eq40": vol[0] / vol[1],
-        "predicted_ratio_eq47": eq47[0] / eq47[1],
-    }
+def running_count_ratio(labels: Tensor, points: int = 200) -> dict[str, list[float]]:
+    """The ratio (#label 1)/(#label 2) after the first n runs, with its Wilson-based 95%
+    interval, at up to ``points`` values of n spaced evenly on a log scale."""
+    cum1 = torch.cumsum(labels == 1, 0).tolist()
+    cum2 = torch.cumsum(labels == 2, 0).tolist()
+    grid = torch.unique(torch.logspace(0, math.log10(max(1, labels.numel())), points).round())
+    out: dict[str, list[float]] = {"runs": [], "ratio": [], "low": [], "high": []}
+    for n in grid.long().tolist():
+        a, b = cum1[n - 1], cum2[n - 1]
+        if b == 0:
+            continue
+        iv = count_ratio_interval(a, b)
+        out["runs"].append(n)
+        out["ratio"].append(iv.value)
+        out["low"].append(iv.low)
+        out["high"].append(iv.high)
+    return out
 
 
 def basins_protocol(
-    cfg: BasinsConfig, directions: tuple[str, ...], progress: Progress = _noop
+    cfg: BasinsConfig,
+    directions: tuple[str, ...],
+    progress: Progress = _noop,
+    on_result: OnResult = _noop,
 ) -> tuple[dict, dict]:
     """§4.3: first-passage basin counts from (10, −10), per bounce direction, and the prediction.
 
     The top-level fields describe ``directions[0]``; ``by_direction`` holds every direction.
+    ``on_result(summary)`` is called after each direction with the summary so far.
     """
     land = make_two_basin(cfg.epsilon)
     e0 = float(two_basin(torch.tensor(cfg.start, dtype=F64), epsilon=cfg.epsilon))
@@ -440,39 +445,51 @@ def basins_protocol(
     by_dir, extras = {}, {"running": {}, "trajectories": None}
     for d in directions:
         fp = _first_passage(cfg, d, progress)
-        extras["running"][d] = fp.pop("running_ratio")
-        entry = {**fp, "bounce_direction": d}
-        if cfg.occupation_steps > 0:
-            entry["occupation"] = _occupation(cfg, d, progress)
-        by_dir[d] = entry
+        extras["running"][d] = fp["running_ratio"]
+        by_dir[d] = {**fp, "bounce_direction": d}
+        on_result(_basins_summary(cfg, by_dir, pred, e0))
     if cfg.trajectories > 0:  # Fig. 5: ten bounced trajectories from the same start
-        centers, hess = basin_regions(cfg.epsilon)
-        labels = torch.zeros(cfg.trajectories, dtype=torch.int64)
-        tr = simulate(
-            land.fn,
-            torch.tensor(cfg.start, dtype=F64).expand(cfg.trajectories, 2).clone(),
-            min(cfg.steps, 6000),
-            lr=cfg.lr,
-            loss_floor=cfg.loss_floor,
-            extra_energy=cfg.extra_energy,
-            bounce_period=cfg.bounce_period,
-            n_bounces=cfg.n_bounces,
-            bounce_patience=cfg.bounce_patience,
-            bounce_direction=directions[0],
-            seed=cfg.seed + 3,
-            record_every=5,
-            callback=_classifier(centers, hess, labels, _noop),
-        )
-        extras["trajectories"] = tr.history_theta
-        extras["centers"], extras["hessians"] = centers, hess
-    first = by_dir[directions[0]]
-    summary = {
+        extras.update(_trajectories(cfg, land, directions[0]))
+    return _basins_summary(cfg, by_dir, pred, e0), extras
+
+
+def _trajectories(cfg: BasinsConfig, land, direction: str) -> dict:
+    centers, hess = basin_regions(cfg.epsilon)
+    labels = torch.zeros(cfg.trajectories, dtype=torch.int64)
+    tr = simulate(
+        land.fn,
+        torch.tensor(cfg.start, dtype=F64).expand(cfg.trajectories, 2).clone(),
+        min(cfg.steps, 6000),
+        lr=cfg.lr,
+        loss_floor=cfg.loss_floor,
+        extra_energy=cfg.extra_energy,
+        bounce_period=cfg.bounce_period,
+        n_bounces=cfg.n_bounces,
+        bounce_patience=cfg.bounce_patience,
+        bounce_direction=direction,
+        off_shell=cfg.off_shell,
+        seed=seed_plus(cfg.seed, 3),
+        record_every=5,
+        callback=_classifier(centers, hess, labels, _noop),
+    )
+    return {
+        "trajectories": tr.history_theta,
+        "trajectory_labels": labels,
+        "centers": centers,
+        "hessians": hess,
+    }
+
+
+def _basins_summary(cfg: BasinsConfig, by_dir: dict, pred: float, e0: float) -> dict:
+    first = next(iter(by_dir.values()))
+    return {
         "predicted_ratio": pred,
         "measured_ratio": first["measured_ratio"],
         "runs": cfg.runs,
         "counts": first["counts"],
-        "bounce_direction": directions[0],
-        "by_direction": by_dir,
+        "bounce_direction": first["bounce_direction"],
+        "directions_done": list(by_dir),
+        "by_direction": dict(by_dir),
         "protocol": {
             "start": list(cfg.start),
             "lr": cfg.lr,
@@ -487,7 +504,6 @@ def basins_protocol(
             "energy": e0 - cfg.loss_floor,
         },
     }
-    return summary, extras
 
 
 def _jsonable(d: dict) -> dict:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ecdopt.ensemble import EnsembleResult, simulate, simulate_adam, simulate_sgd
+from ecdopt.experiments.registry import sampler_seed, seed_plus
 
 __all__ = ["Method", "TuningResult", "run_method", "tune"]
 
@@ -84,7 +85,7 @@ def tune(
     non-finite run counts as +1e300. ``on_batch(k)`` is called after each batch of k trials.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed))
     study = optuna.create_study(direction="minimize", sampler=sampler)
     done = 0
     while done < trials:
@@ -97,7 +98,7 @@ def tune(
             for name, (lo, hi, log) in method.space.items()
         }
         theta0 = start.to(torch.float64).expand(size, -1).clone()
-        res = run_method(method, potential, theta0, steps, params, seed=seed + done)
+        res = run_method(method, potential, theta0, steps, params, seed=seed_plus(seed, done))
         for t, v in zip(asked, res.best_value.tolist(), strict=True):
             study.tell(t, v if math.isfinite(v) else 1e300)
         done += size

@@ -1,14 +1,18 @@
 """Shared Optuna sweeps: many workers, one study in an SQL database (``ecdopt tune``).
 
 A *task* is a synthetic landscape of :mod:`ecdopt.landscapes` (looked up lazily, so any
-landscape added there is a task) or the ``digits`` training preset of
-:mod:`ecdopt.experiments.vision`. A *trial* runs one optimizer with sampled hyperparameters:
+landscape added there is a task), the ``digits`` training preset of
+:mod:`ecdopt.experiments.vision` or the byte-level transformer ``gpt`` of
+:mod:`ecdopt.experiments.gpt`. A *trial* runs one optimizer with sampled hyperparameters:
 
 - landscape: ``steps`` steps of the real ``torch.optim`` optimizer on one particle from a fixed
   start (drawn from ``seed`` in the landscape's box, the same for every trial), objective = the
   lowest F − F_min seen (minimized; a non-finite run scores 1e300);
 - ``digits``: a short training run (``epochs``, default 1) of the preset CNN, objective = the
-  test accuracy (maximized).
+  test accuracy (maximized);
+- ``gpt``: one training run of the transformer (the default preset, or the settings in
+  ``extra``), objective = the final validation loss (minimized). Its optimizers include
+  ``unit_speed`` and ``adamw``.
 
 Storage: any SQLAlchemy URL (default: a local SQLite file). Optuna's RDB storage makes several
 workers on the same ``study`` share it: each ``ask`` is a database transaction, so trials are
@@ -22,11 +26,12 @@ simply starting workers again (docs/distributed.md has the cluster recipe).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE = "sqlite:///ecdopt-tune.db"
-TUNE_OPTIMIZERS = registry.OPTIMIZERS
-TRAINING_TASKS = ("digits",)
+TUNE_OPTIMIZERS = registry.ALL_OPTIMIZERS
+TRAINING_TASKS = ("digits", "gpt")
 
 # (low, high, log) per hyperparameter; ints are marked by an int ``low``.
 SPACES: dict[str, dict[str, tuple[float, float, bool]]] = registry.SEARCH_SPACES["landscape"]
@@ -76,6 +81,7 @@ class TuneConfig:
     total_trials: int | None = None
     heartbeat: float = 10.0
     grace: float | None = None
+    lock_timeout: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,7 +91,8 @@ def mask_url(url: str) -> str:
 
 
 def list_tasks() -> list[str]:
-    """Every task name: the landscapes of :data:`ecdopt.landscapes.LANDSCAPES` and ``digits``."""
+    """Every task name: the landscapes of :data:`ecdopt.landscapes.LANDSCAPES`, ``digits``
+    and ``gpt``."""
     from ecdopt import landscapes
 
     return sorted(landscapes.LANDSCAPES) + list(TRAINING_TASKS)
@@ -102,17 +109,74 @@ def _landscape(name: str, dim: int) -> Any:
         return landscapes.make_landscape(name)
 
 
-def make_storage(url: str, heartbeat: float = 10.0, grace: float | None = None) -> Any:
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a plain ``sqlite:///PATH`` URL (None for other URLs and memory)."""
+    if not url.startswith("sqlite:///") or "?" in url:
+        return None
+    path = url[len("sqlite:///") :]
+    return None if path in ("", ":memory:") else path
+
+
+def _check_sqlite(path: str, lock_timeout: float, log: Callable[[str], None]) -> None:
+    """Clear errors before Optuna's: a read-only file or folder, or a lock held too long."""
+    import os
+    import sqlite3
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise TuneError(f"the database {path} is read-only (workers must write their trials)")
+    if not os.path.isdir(folder):
+        raise TuneError(f"the database folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise TuneError(f"the database folder {folder} is read-only (SQLite writes a journal)")
+    if not os.path.exists(path):
+        return
+
+    def try_write(timeout: float) -> str | None:
+        try:
+            with sqlite3.connect(path, timeout=timeout) as con:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        return None
+
+    error = try_write(0.5)
+    if error is not None and "locked" in error:
+        log(f"the database {path} is locked by another process; waiting up to {lock_timeout:g} s")
+        error = try_write(lock_timeout)
+    if error is not None:
+        if "locked" in error:
+            raise TuneError(
+                f"the database {path} stayed locked for {lock_timeout:g} s (another process "
+                "holds a write transaction); try again later or raise --lock-timeout"
+            )
+        if "readonly" in error.replace("-", "").replace(" ", ""):
+            raise TuneError(f"the database {path} is read-only ({error})")
+        raise TuneError(f"cannot write to the database {path}: {error}")
+
+
+def make_storage(
+    url: str,
+    heartbeat: float = 10.0,
+    grace: float | None = None,
+    lock_timeout: float = 60.0,
+    log: Callable[[str], None] | None = None,
+) -> Any:
     """An Optuna ``RDBStorage`` for ``url`` with heartbeats (``heartbeat`` ≤ 0: none).
 
-    SQLite gets a 60 s lock timeout so that concurrent workers wait instead of failing;
-    ``grace`` (default 2 × heartbeat) is how long a silent trial stays RUNNING.
+    SQLite waits up to ``lock_timeout`` seconds for another worker's lock (saying so when it
+    has to wait); a read-only SQLite file or folder is refused at once. ``grace`` (default 2 ×
+    heartbeat) is how long a silent trial stays RUNNING.
     """
     import optuna
 
     engine_kwargs: dict[str, Any] = {}
+    sqlite_file = _sqlite_file(url)
     if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}
+        engine_kwargs["connect_args"] = {"timeout": lock_timeout}
+    if sqlite_file is not None:
+        _check_sqlite(sqlite_file, lock_timeout, log or (lambda _line: None))
     kwargs: dict[str, Any] = {}
     if heartbeat > 0:
         kwargs["heartbeat_interval"] = max(1, round(heartbeat))
@@ -131,20 +195,48 @@ def make_storage(url: str, heartbeat: float = 10.0, grace: float | None = None) 
             if _transient(exc) and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            message = str(exc).replace(url, mask_url(url))
-            raise TuneError(
-                f"cannot open storage {mask_url(url)}: {type(exc).__name__}: {message}"
-            ) from None
+            raise TuneError(f"cannot open storage {mask_url(url)}: {_reason(exc, url)}") from None
     raise AssertionError("unreachable")
 
 
+def _reason(exc: BaseException, url: str) -> str:
+    """The root cause of a storage error in one line, with the URL's password masked."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    orig = getattr(root, "orig", None)  # SQLAlchemy wraps the driver's error
+    text = str(orig if orig is not None else root).strip().splitlines()
+    message = text[0] if text else type(root).__name__
+    return f"{type(orig or root).__name__}: {message}".replace(url, mask_url(url))
+
+
 def _transient(exc: BaseException) -> bool:
-    """A database error that a retry may cure (schema creation race, lock)."""
+    """A database error that a retry may cure (the schema creation race), not a lock that has
+    already been waited for."""
     try:
         from sqlalchemy import exc as sa_exc
     except ImportError:  # pragma: no cover - optuna depends on SQLAlchemy
         return False
+    if "locked" in str(exc) or "readonly" in str(exc).replace(" ", ""):
+        return False
     return isinstance(exc, sa_exc.OperationalError | sa_exc.IntegrityError)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn the database's refusals during a sweep into a one-line :class:`TuneError`."""
+    import optuna
+
+    try:
+        yield
+    except optuna.exceptions.StorageInternalError as exc:
+        raise TuneError(
+            f"the database {mask_url(url)} refused a write: {_reason(exc, url)}"
+        ) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise TuneError(f"database error in {mask_url(url)}: {_reason(exc, url)}") from None
+        raise
 
 
 def _suggest(trial: Any, space: Mapping[str, tuple[float, float, bool]]) -> dict[str, float]:
@@ -177,6 +269,7 @@ def landscape_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
     space = SPACES[cfg.optimizer]
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr("worker", cfg.worker_index)
         hyper = _suggest(trial, space)
         theta = torch.nn.Parameter(start.clone())
         fixed: dict[str, Any] = {}
@@ -197,9 +290,10 @@ def landscape_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 loss = float(opt.step(closure).detach())
             if not math.isfinite(loss):
-                return 1e300
+                break
             best = min(best, loss - f_min)
-        return best if math.isfinite(best) else 1e300
+        trial.set_user_attr("off_shell_steps", registry.off_shell_steps(opt))
+        return best if math.isfinite(best) and math.isfinite(loss) else 1e300
 
     return "minimize", objective
 
@@ -216,6 +310,7 @@ def digits_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
     run_seed = 0 if cfg.seed is None else cfg.seed
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr("worker", cfg.worker_index)
         sampled = _suggest(trial, space)
         hyper = vision.resolve_hyperparameters("digits", opt_name, sampled)
         run = vision.train_run(
@@ -230,10 +325,24 @@ def digits_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
             ),
             data,
         )
+        trial.set_user_attr("off_shell_steps", run["off_shell_steps"])
         acc = float(run["test_accuracy"])
         return acc if math.isfinite(acc) else 0.0
 
     return "maximize", objective
+
+
+def gpt_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
+    """("minimize", objective) for ``gpt``: the final validation loss of one training run.
+
+    ``cfg.extra`` may hold ``settings``, ``bias`` and ``device`` (the first two are part of the
+    study's signature) and, in-process only, the loaded ``corpus`` and an ``on_step`` counter."""
+    from ecdopt.experiments.gpt.experiment import tuning_objective
+
+    extra = cfg.extra
+    seed = 0 if cfg.seed is None else cfg.seed
+    corpus, on_step = extra.get("corpus"), extra.get("on_step")
+    return "minimize", tuning_objective(cfg.optimizer, seed, extra, corpus, on_step)
 
 
 def make_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
@@ -242,15 +351,30 @@ def make_objective(cfg: TuneConfig) -> tuple[str, Callable[[Any], float]]:
         raise TuneError(
             f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(TUNE_OPTIMIZERS)}"
         )
+    if cfg.task == "gpt":
+        return gpt_objective(cfg)
+    if cfg.optimizer not in registry.OPTIMIZERS:
+        raise TuneError(
+            f"optimizer {cfg.optimizer!r} is tuned on the gpt task only; for {cfg.task} choose "
+            f"one of {', '.join(registry.OPTIMIZERS)}"
+        )
     if cfg.task == "digits":
         return digits_objective(cfg)
     return landscape_objective(cfg)
 
 
-def _sampler(cfg: TuneConfig) -> Any:
+def _sampler(cfg: TuneConfig, joined_at: int = 0) -> Any:
+    """The worker's sampler. Seeded: from ``seed``, ``worker_index`` and the number of trials
+    the study held when this worker joined (``joined_at``), so that a worker restarted with the
+    same command draws new points instead of repeating the ones it drew before."""
     import optuna
 
-    seed = None if cfg.seed is None else cfg.seed * 1_000_003 + cfg.worker_index
+    seed = None
+    if cfg.seed is not None:
+        seed = cfg.seed * 1_000_003 + cfg.worker_index
+        if joined_at:
+            seed = hash_seed(seed, joined_at)
+        seed = registry.sampler_seed(seed)
     if cfg.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if cfg.sampler == "random":
@@ -258,39 +382,57 @@ def _sampler(cfg: TuneConfig) -> Any:
     raise TuneError(f"unknown sampler {cfg.sampler!r}; choose tpe or random")
 
 
+def hash_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (different inputs give unrelated seeds)."""
+    import hashlib
+
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 def _signature(cfg: TuneConfig) -> dict[str, Any]:
     """What every worker of one study must agree on (stored as study user attributes)."""
     sig: dict[str, Any] = {"task": cfg.task, "optimizer": cfg.optimizer, "seed": cfg.seed}
     if cfg.task == "digits":
         sig["epochs"] = cfg.epochs
+    elif cfg.task == "gpt":
+        from ecdopt.experiments.gpt.experiment import ExperimentConfig, settings_of
+
+        sig["settings"] = cfg.extra.get("settings") or settings_of(ExperimentConfig())
+        sig["bias"] = cfg.extra.get("bias", "none")
     else:
         sig.update(steps=cfg.steps, dim=cfg.dim)
     return sig
 
 
-def open_study(cfg: TuneConfig, direction: str | None = None) -> Any:
+def open_study(
+    cfg: TuneConfig, direction: str | None = None, log: Callable[[str], None] | None = None
+) -> Any:
     """Create the study or join it (``load_if_exists``); refuse one made for another task."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(cfg.storage, cfg.heartbeat, cfg.grace)
-    if direction is None:  # --show only: the study must exist
-        try:
-            return optuna.load_study(study_name=cfg.study, storage=storage)
-        except KeyError:
-            raise TuneError(f"no study {cfg.study!r} in {mask_url(cfg.storage)}") from None
-    study = optuna.create_study(
-        study_name=cfg.study,
-        storage=storage,
-        sampler=_sampler(cfg),
-        direction=direction,
-        load_if_exists=True,
-    )
-    sig = _signature(cfg)
-    stored = study.user_attrs.get("ecdopt")
-    if stored is None:
-        study.set_user_attr("ecdopt", sig)
-    elif stored != sig:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by us
+    storage = make_storage(cfg.storage, cfg.heartbeat, cfg.grace, cfg.lock_timeout, log)
+    with storage_errors(cfg.storage):
+        if direction is None:  # --show only: the study must exist
+            try:
+                return optuna.load_study(study_name=cfg.study, storage=storage)
+            except KeyError:
+                raise TuneError(f"no study {cfg.study!r} in {mask_url(cfg.storage)}") from None
+        study = optuna.create_study(
+            study_name=cfg.study,
+            storage=storage,
+            sampler=_sampler(cfg),
+            direction=direction,
+            load_if_exists=True,
+        )
+        joined_at = len(study.get_trials(deepcopy=False))
+        study.sampler = _sampler(cfg, joined_at)
+        sig = _signature(cfg)
+        stored = study.user_attrs.get("ecdopt")
+        if stored is None:
+            study.set_user_attr("ecdopt", sig)
+    if stored is not None and stored != sig:
         diff = "; ".join(
             f"{k}: {stored.get(k)!r} vs {sig.get(k)!r}" for k in sig if stored.get(k) != sig.get(k)
         )
@@ -300,39 +442,50 @@ def open_study(cfg: TuneConfig, direction: str | None = None) -> Any:
     return study
 
 
-def run_worker(cfg: TuneConfig, log: Callable[[str], None] = print) -> Any:
+def run_worker(
+    cfg: TuneConfig,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[Callable[[Any, Any], None]] = (),
+) -> Any:
     """Join (or create) the study and run ``cfg.trials`` trials in it; returns the study.
 
     Stale trials of killed workers are marked FAIL first (needs ``heartbeat`` > 0).
+    ``callbacks``: more Optuna callbacks ``(study, trial)``, called after each trial.
     """
     import optuna
 
     if cfg.trials < 0:
         raise TuneError("--trials must be >= 0")
     direction, objective = make_objective(cfg)
-    study = open_study(cfg, direction)
-    if cfg.heartbeat > 0:
-        with warnings.catch_warnings():  # "experimental" since Optuna 2.9, still the API
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-    callbacks: list[Any] = []
-    if cfg.total_trials is not None:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        callbacks.append(optuna.study.MaxTrialsCallback(cfg.total_trials, states=states))
+    study = open_study(cfg, direction, log)
+    with storage_errors(cfg.storage):
+        if cfg.heartbeat > 0:
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.9, still the API
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        extra_callbacks, callbacks = list(callbacks), []
+        if cfg.total_trials is not None:
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            callbacks.append(optuna.study.MaxTrialsCallback(cfg.total_trials, states=states))
 
-    def report(study: Any, trial: Any) -> None:
-        log(
-            f"trial {trial.number} {trial.state.name.lower()} value {trial.value} "
-            f"params {trial.params}"
-        )
+        def report(study: Any, trial: Any) -> None:
+            log(
+                f"trial {trial.number} {trial.state.name.lower()} value {trial.value} "
+                f"params {trial.params}"
+            )
 
-    callbacks.append(report)
-    tic = time.perf_counter()
-    if cfg.trials:
-        if cfg.total_trials is not None and _finished(study) >= cfg.total_trials:
-            log(f"study {cfg.study!r} already has {cfg.total_trials} finished trials")
-        else:
-            study.optimize(objective, n_trials=cfg.trials, callbacks=callbacks)
+        callbacks.append(report)
+        callbacks.extend(extra_callbacks)
+        tic = time.perf_counter()
+        if cfg.trials:
+            finished = _finished(study)
+            if cfg.total_trials is not None and finished >= cfg.total_trials:
+                log(
+                    f"study {cfg.study!r} already has {finished} finished trials "
+                    f"(--total-trials {cfg.total_trials})"
+                )
+            else:
+                study.optimize(objective, n_trials=cfg.trials, callbacks=callbacks)
     log(f"worker {cfg.worker_index} done in {time.perf_counter() - tic:.1f} s")
     return study
 
@@ -345,18 +498,37 @@ def _finished(study: Any) -> int:
 
 
 def study_summary(study: Any) -> dict[str, Any]:
-    """Counts of trials by state and the best trial (None when none completed)."""
+    """Counts of trials by state, the best trial (None when none completed) and every trial
+    (number, state, value, parameters, ``off_shell_steps``)."""
     counts: dict[str, int] = {}
+    records = []
     for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        state = t.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+        records.append(
+            {
+                "number": t.number,
+                "state": state,
+                "value": t.value,
+                "params": dict(t.params),
+                "worker": t.user_attrs.get("worker"),
+                "off_shell_steps": t.user_attrs.get("off_shell_steps"),
+            }
+        )
     best = None
     if counts.get("complete"):
         bt = study.best_trial
-        best = {"number": bt.number, "value": bt.value, "params": dict(bt.params)}
+        best = {
+            "number": bt.number,
+            "value": bt.value,
+            "params": dict(bt.params),
+            "off_shell_steps": bt.user_attrs.get("off_shell_steps"),
+        }
     return {
         "study": study.study_name,
         "direction": study.direction.name.lower(),
         "settings": study.user_attrs.get("ecdopt"),
         "trials": counts,
         "best": best,
+        "trial_records": records,
     }

