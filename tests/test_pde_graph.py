@@ -110,6 +110,7 @@ def test_cli_cuda_graph_needs_cuda(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert (
-        done.stderr.strip() == "ecdopt pde train: error: --cuda-graph needs a CUDA device (--device cuda)"
+        done.stderr.strip()
+        == "ecdopt pde train: error: --cuda-graph needs a CUDA device (--device cuda)"
     )
     assert not (tmp_path / "x.json").exists()

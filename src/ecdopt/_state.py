@@ -231,3 +231,31 @@ def distributed(opt: ECD) -> bool:
         opt.seed = int(seed[0])
         opt._seed_given = True
     return world > 1
+
+
+def known_counters(opt: ECD) -> tuple[int, int, int] | None:
+    """The counters (c0, c1, fixed bounces done) at the start of this step as host ints, if the
+    previous step's non-blocking copy has arrived; None when not (yet) known."""
+    if opt._late_counters is None:
+        return None
+    values, event = opt._late_counters
+    if event is not None and not event.query():
+        return None
+    c0, c1, done = values.tolist()
+    return c0, c1, done
+
+
+def send_counters(opt: ECD, device: torch.device) -> None:
+    """Queue a non-blocking copy of the counters to the host (one pinned buffer on CUDA)."""
+    s = opt._ecd
+    counters = torch.stack([s["c0"], s["c1"], s["fixed_bounces_done"]])
+    if device.type != "cuda":
+        opt._late_counters = (counters.cpu(), None)
+        return
+    previous = opt._late_counters
+    pinned = previous is not None and previous[0].is_pinned()
+    values = previous[0] if pinned else torch.empty(3, dtype=torch.int64, pin_memory=True)
+    values.copy_(counters, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    opt._late_counters = (values, event)

@@ -57,6 +57,28 @@ _MISSING_LOSS_MESSAGE = (
 )
 
 
+def _wrapped_when_listened(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` wrapped by torch's ``profile_hook_step`` (a profiler range and the step hooks),
+    entered only when something listens: a registered step hook or a running profiler.
+    Otherwise ``step`` is called directly, which saves a few microseconds per step (a whole-step
+    cost on small models)."""
+    wrapped = torch.optim.Optimizer.profile_hook_step(func)
+
+    @functools.wraps(func)
+    def step(self: ECD, *args: Any, **kwargs: Any) -> Any:
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _GLOBAL_STEP_HOOKS[0]
+            or _GLOBAL_STEP_HOOKS[1]
+            or torch.autograd._profiler_enabled()
+        ):
+            return wrapped(self, *args, **kwargs)
+        return func(self, *args, **kwargs)
+
+    return step
+
+
 class ECD(torch.optim.Optimizer):
     r"""Energy-Conserving Descent: one frictionless particle at fixed energy E.
 
@@ -267,27 +289,8 @@ class ECD(torch.optim.Optimizer):
         if s is not None and (s["deferred"] is not None or s["momentum_scale"] != 1.0):
             fold_scale(s, self._lazy_momenta)
 
-    @staticmethod
-    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
-        """torch's wrapper of ``step`` (a profiler range and the step hooks), entered only when
-        something listens: a registered step hook or a running profiler. Otherwise ``step`` is
-        called directly, which saves a few microseconds per step (a whole-step cost on small
-        models)."""
-        wrapped = torch.optim.Optimizer.profile_hook_step(func)
-
-        @functools.wraps(func)
-        def step(self: ECD, *args: Any, **kwargs: Any) -> Any:
-            if (
-                self._optimizer_step_pre_hooks
-                or self._optimizer_step_post_hooks
-                or _GLOBAL_STEP_HOOKS[0]
-                or _GLOBAL_STEP_HOOKS[1]
-                or torch.autograd._profiler_enabled()
-            ):
-                return wrapped(self, *args, **kwargs)
-            return func(self, *args, **kwargs)
-
-        return step
+    #: torch's step wrapper (profiler range, step hooks), entered only when something listens
+    profile_hook_step = staticmethod(_wrapped_when_listened)
 
     # ------------------------------------------------------------------- step
     def step(
@@ -350,11 +353,11 @@ class ECD(torch.optim.Optimizer):
             if lazy:
                 self._lazy_momenta = particle.momenta
         else:
-            device_step(**common, counters_hint=self._known_counters())
+            device_step(**common, counters_hint=_state.known_counters(self))
         if sync_free and s["initialized"]:
             self._place(particle.device)
             if self.config.has_bounces and not self.capturable:
-                self._send_counters(particle.device)
+                _state.send_counters(self, particle.device)
 
     def _place(self, device: torch.device | None) -> None:
         if self.__dict__.get("_placed") != device:
@@ -398,32 +401,6 @@ class ECD(torch.optim.Optimizer):
             self._scratch = [torch.empty_like(t) for t in tensors]
             self._scratch_signature = signature
         return self._scratch
-
-    def _known_counters(self) -> tuple[int, int, int] | None:
-        """The counters at the start of this step as host ints, if the previous step's
-        non-blocking copy has arrived; None when not (yet) known."""
-        if self._late_counters is None:
-            return None
-        values, event = self._late_counters
-        if event is not None and not event.query():
-            return None
-        c0, c1, done = values.tolist()
-        return c0, c1, done
-
-    def _send_counters(self, device: torch.device) -> None:
-        """Queue a non-blocking copy of the counters to the host (one pinned buffer on CUDA)."""
-        s = self._ecd
-        counters = torch.stack([s["c0"], s["c1"], s["fixed_bounces_done"]])
-        if device.type != "cuda":
-            self._late_counters = (counters.cpu(), None)
-            return
-        previous = self._late_counters
-        pinned = previous is not None and previous[0].is_pinned()
-        values = previous[0] if pinned else torch.empty(3, dtype=torch.int64, pin_memory=True)
-        values.copy_(counters, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self._late_counters = (values, event)
 
     def _reduced_loss(self, loss: Tensor | float, device: torch.device) -> Tensor:
         """The loss as a 0-dim tensor, averaged over the process group under data parallelism."""
