@@ -549,12 +549,13 @@ def test_ctrl_c_in_demo_keeps_each_finished_stage(tmp_path: Path):
 def test_demo_writes_each_stage_as_it_finishes_and_shows_inner_progress(tmp_path: Path):
     out = _ecdopt("demo", "--smoke", "--out", "res", "--progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    for name in ("ackley", "zakharov", "basins"):
+    stages = ("ackley", "zakharov", "basins", "occupation")
+    for name in stages:
         doc = json.loads((tmp_path / "res" / f"synthetic_{name}.json").read_text())
         assert doc["complete"] is True and "seconds" in doc
-    # one bar per stage counting its steps (not 3 steps for the whole demo)
-    for k, name in enumerate(("ackley", "zakharov", "basins"), start=1):
-        assert f"demo {k}/3 {name}" in out.stderr
+    # one bar per stage counting its steps (not one step per stage for the whole demo)
+    for k, name in enumerate(stages, start=1):
+        assert f"demo {k}/{len(stages)} {name}" in out.stderr
     assert "/640" in out.stderr  # ackley's smoke stage: 2 methods × (4 × 30 + 200) steps
     assert "4.1 Ackley" in out.stdout
 
@@ -714,3 +715,33 @@ def test_gzip_bomb_through_the_command(tmp_path: Path):
     out = _ecdopt("train", "mnist", "--optimizer", "sgdm", "--data", str(folder), cwd=tmp_path)
     _assert_one_line(out.returncode, out.stderr, "train", "once decompressed")
     shutil.rmtree(folder)
+
+
+def test_ctrl_c_inside_a_database_call_lands_after_it():
+    """Ctrl-C during a database write is delivered once the write has finished (an interrupted
+    SQLite transaction keeps its lock, and the trial's last write then waits for it)."""
+    import signal
+    import time
+
+    from ecdopt.cli import interrupts_outside_database_calls
+
+    database = {"__name__": "sqlalchemy.engine.stand_in", "signal": signal, "time": time}
+    exec(
+        "def commit(log):\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    for _ in range(20):\n"
+        "        time.sleep(0.01)\n"
+        "    log.append('committed')\n",
+        database,
+    )
+    log: list[str] = []
+    with pytest.raises(KeyboardInterrupt), interrupts_outside_database_calls():
+        database["commit"](log)
+        log.append("returned")
+        time.sleep(5)  # the interrupt arrives here, 50 ms after the write
+    assert log == ["committed", "returned"]
+    log.clear()
+    with pytest.raises(KeyboardInterrupt), interrupts_outside_database_calls():
+        signal.raise_signal(signal.SIGINT)  # elsewhere: at once
+        log.append("not reached")
+    assert log == []

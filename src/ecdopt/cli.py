@@ -14,10 +14,14 @@ and one line saying what was saved.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import NoReturn
 
 from ecdopt._errors import CommandError
@@ -99,6 +103,41 @@ def _interrupted(command: str) -> str:
     return f"ecdopt {command}: interrupted; {saved_summary()}"
 
 
+#: code that must not be left half-way by Ctrl-C: a database write interrupted inside its
+#: transaction keeps SQLite's lock, and the trial's final write then waits for it (minutes)
+_UNINTERRUPTIBLE = ("sqlalchemy", "optuna.storages", "sqlite3", "psycopg")
+
+
+def _inside_database_call(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(_UNINTERRUPTIBLE):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT → KeyboardInterrupt, except inside a database call: there the signal is sent
+    again 50 ms later, until the call has finished."""
+    if _inside_database_call(frame):
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_outside_database_calls() -> Iterator[None]:
+    """Within the block, Ctrl-C never lands inside a database call (see :func:`_interrupt`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ecdopt`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -110,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
             return exc.code if isinstance(exc.code, int) else 2
         label = " ".join(filter(None, [command, getattr(args, "pde_command", None)]))
-        return int(args.func(args) or 0)
+        with interrupts_outside_database_calls():
+            return int(args.func(args) or 0)
     except CommandError as exc:
         print(f"ecdopt {label}: error: {exc}", file=sys.stderr)
         return 2
