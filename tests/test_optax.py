@@ -29,7 +29,16 @@ TORCH_CLASSES = {
     "ecdsep": ecdopt.ECDSep,
     "unit_speed": ecdopt.UnitSpeedECD,
 }
-TORCH_ONLY = {"foreach", "fused", "sync_free", "capturable", "process_group", "reduce_loss", "seed"}
+TORCH_ONLY = {
+    "foreach",
+    "fused",
+    "sync_free",
+    "capturable",
+    "process_group",
+    "reduce_loss",
+    "seed",
+    "rng",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -259,6 +268,7 @@ def jax_draws(key):
     [
         ("bbi", "mlp", 0.05, {"bounce_period": 100, "n_bounces": 3, "bounce_patience": 40}),
         ("ecdsep", "zakharov", ZAKHAROV_LR, {"chaos": 1e-3}),
+        ("ecdsep", "zakharov", ZAKHAROV_LR, {"chaos": 1e-3, "rotation_every": 3}),
     ],
 )
 def test_same_draws_give_the_torch_trajectory(x64, name, problem, lr, options) -> None:

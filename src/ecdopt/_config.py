@@ -235,7 +235,9 @@ _NO_BOUNCES = {"bounce_period": None, "n_bounces": 0, "bounce_patience": None}
 
 #: The optimizer classes as presets of :class:`ecdopt.ECD` (one table; docs/api.md shows it).
 PRESETS: dict[str, Preset] = {
-    "BBI": Preset(fixed={"hamiltonian": "born_infeld", "chaos": 0.0}, defaults={}),
+    "BBI": Preset(
+        fixed={"hamiltonian": "born_infeld", "chaos": 0.0, "rotation_every": 1}, defaults={}
+    ),
     "ECDSep": Preset(
         fixed={"hamiltonian": "separable", **_NO_BOUNCES, "bounce_direction": "gaussian"},
         defaults={"chaos": 1e-5},

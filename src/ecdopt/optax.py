@@ -95,6 +95,7 @@ def ecd(
     n_bounces: int = 1,
     bounce_patience: int | None = 3000,
     chaos: float = 0.0,
+    rotation_every: int = 1,
     kinetic_offset: float = 1.0,
     conserve_energy: bool = True,
     energy_tol: float = 1e-10,
@@ -113,6 +114,7 @@ def ecd(
     ``"unit_speed"``), ``loss_power`` η (V = F_eff**η), ``loss_floor`` ΔV = F0 (eq. 1),
     ``extra_energy`` δE (eq. 13), ``bounce_period`` T0, ``n_bounces`` N_b,
     ``bounce_patience`` T1 (None turns a bounce mechanism off), ``chaos`` ν (the rotation),
+    ``rotation_every`` k (rotate every k-th step with ν·sqrt(k); 1: every step),
     ``kinetic_offset`` s, ``conserve_energy`` (restore H = E by α), ``energy_tol`` ε1,
     ``stop_tol`` ε2 (nothing moves when V ≤ ε2), ``weight_decay`` λ (adds ½λ|Θ|² to the loss
     inside V; needs ``params`` in ``update``), ``adapt_floor`` (the adaptive ΔV of §3.3),
@@ -195,6 +197,7 @@ def ecdsep(
     loss_floor: float = 0.0,
     extra_energy: float = 0.0,
     chaos: float = 1e-5,
+    rotation_every: int = 1,
     kinetic_offset: float = 1.0,
     conserve_energy: bool = True,
     energy_tol: float = 1e-10,
@@ -221,6 +224,7 @@ def unit_speed(
     n_bounces: int = 0,
     bounce_patience: int | None = None,
     chaos: float = 0.0,
+    rotation_every: int = 1,
     conserve_energy: bool = True,
     energy_tol: float = 1e-10,
     stop_tol: float = 1e-40,
@@ -653,6 +657,10 @@ class _Step:
         real = state.energy.dtype
         xi = _draw(state.key, call, chaos.STREAM_ROTATION, momentum, "gaussian")
         nu = self.cfg.chaos * self.h.chaos_scale(_size(momentum))
+        every = self.cfg.rotation_every
+        if every > 1:  # ν·sqrt(k) on every k-th step, as the torch step
+            nu = nu * math.sqrt(every)
+            moving = moving & chaos.rotation_due(call, every)
         shrink = 1.0 / nu if nu > 1.0 else 1.0  # w = Π/ν + |Π|ξ for ν > 1: w cannot overflow
         step = jnp.where(moving, nu * shrink * jnp.sqrt(momentum_sq), 0.0)
         w = jax.tree.map(lambda m, x: shrink * m + step.astype(m.dtype) * x, momentum, xi)
