@@ -189,14 +189,13 @@ class _ECDStepper:
         restart = first | (d.below_floor & self.initialized) if cfg.adapt_floor else first
         energy = torch.where(restart, h.initial_energy(d.potential, self.extra), self.energy)
         force_norm = _norm(grad) + self.wd * theta_sq.sqrt()
-        pi = torch.where(
-            first[:, None],
-            self._initial_momentum(
+        pi, momentum_sq = self.pi, self.momentum_sq
+        if bool(first.any()):  # Π0 along −∇F for the particles that start now
+            initial = self._initial_momentum(
                 first, grad + self.wd * theta, h.target_momentum_sq(energy, d.potential)
-            ),
-            self.pi,
-        )
-        momentum_sq = torch.where(first, (pi * pi).sum(-1), self.momentum_sq)
+            )
+            pi = torch.where(first[:, None], initial, pi)
+            momentum_sq = torch.where(first, (pi * pi).sum(-1), momentum_sq)
         c = coefficients(
             config=cfg,
             hamiltonian=h,
