@@ -450,7 +450,6 @@ def train_run(
         raise ValueError(f"trace_every must be a positive number of iterations, got {trace_every}")
     dev = _resolve_device(device)
     n_iter = preset.iterations if iterations is None else iterations
-    k = preset.resample_every if resample_every is None else (resample_every or None)
     settings = dict(preset.optimizers[optimizer])
     if lr is not None:
         settings["lr"] = lr
@@ -458,104 +457,173 @@ def train_run(
     if cuda_graph:
         settings = graph_settings(optimizer, settings)
     init_seed = seed if init_seed is None else init_seed
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = ResNetAnsatz(preset.dim, preset.width, preset.depth).to(device=dev, dtype=dtype)
     loss_fn = PDELoss(preset.problem, gamma=preset.gamma, reg=preset.reg, laplacian=laplacian)
-    points_gen = torch.Generator().manual_seed(init_seed)
-    resample_gen = torch.Generator().manual_seed((10_007 * seed + 1) % 2**64)
-
-    def new_points(gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        xi = sample_ball(preset.n_interior, preset.dim, gen, dtype=torch.float64)
-        xb = sample_sphere(preset.n_boundary, preset.dim, gen, dtype=torch.float64)
-        fi = preset.problem.source(xi)
-        return (t.to(device=dev, dtype=dtype) for t in (xi, fi, xb))  # type: ignore[return-value]
-
-    x_int, f_int, x_bnd = new_points(points_gen)
+    points = _Points(preset, dev, dtype, init_seed=init_seed, seed=seed, in_place=cuda_graph)
     opt = make_optimizer(optimizer, model.parameters(), settings, seed=seed)
-    eval_gen = torch.Generator().manual_seed(12_345)
-    x_eval = sample_ball(preset.n_eval, preset.dim, eval_gen, dtype=torch.float64)
-    trace_steps: list[int] = []
-    trace_errors: list[list[float]] = []
+    trace = _Trace(model, solutions, preset, every=trace_every)
 
-    def record(it: int) -> None:
-        trace_steps.append(it)
-        trace_errors.append(relative_l2_errors(model, solutions, x_eval))
+    def loss_now() -> Tensor:
+        return loss_fn(model, *points.current)
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, x_int, f_int, x_bnd)
+        loss = loss_now()
         loss.backward()
         return loss
 
-    def resample() -> tuple[Tensor, Tensor, Tensor]:
-        fresh = new_points(resample_gen)
-        if not cuda_graph:
-            return fresh  # type: ignore[return-value]
-        for buffer, values in zip((x_int, f_int, x_bnd), fresh, strict=True):
-            buffer.copy_(values)  # the captured graph reads these buffers
-        return x_int, f_int, x_bnd
-
     iteration = (
-        GraphedIteration(
-            opt, list(model.parameters()), lambda: loss_fn(model, x_int, f_int, x_bnd), dev
-        )
+        GraphedIteration(opt, list(model.parameters()), loss_now, dev)
         if cuda_graph
         else lambda: opt.step(closure)
     )
-    logged: list[Tensor] = []
-    steps: list[int] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n_iter, desc=desc or f"{preset.name}/{optimizer}", leave=False)
-    start = time.perf_counter()
-    for it in range(n_iter):
-        if trace_every and it % trace_every == 0:
-            record(it)
-        if k and it > 0 and it % k == 0:
-            x_int, f_int, x_bnd = resample()
-        loss = iteration()
-        if it % preset.log_every == 0 or it == n_iter - 1:
-            logged.append(loss.detach().clone())
-            steps.append(it)
-            if bar is not None and len(logged) % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3g}")
-        if bar is not None and (it + 1) % 100 == 0:
-            bar.update(100)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    wall = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-
+    every = preset.resample_every if resample_every is None else (resample_every or None)
+    log = _iterate(
+        iteration,
+        n_iter,
+        resample_every=every,
+        resample=points.resample,
+        log_every=preset.log_every,
+        trace=trace,
+        bar=_progress_bar(progress, n_iter, desc or f"{preset.name}/{optimizer}"),
+        device=dev,
+    )
     with torch.no_grad():
-        final_loss = float(loss_fn(model, x_int, f_int, x_bnd)) if n_iter == 0 else float(loss)
-    values = torch.stack(logged).double().cpu().numpy() if logged else np.zeros(0)
-    errors = relative_l2_errors(model, solutions, x_eval)
-    if trace_every:
-        trace_steps.append(n_iter)
-        trace_errors.append(errors)
-    nearest = classify(errors)
-    with torch.no_grad():
+        final_loss = float(loss_now()) if n_iter == 0 else float(log.last_loss)
+        errors = trace.finish(n_iter)
         section = model(_section_points(preset.dim).to(device=dev, dtype=dtype))
+    nearest = classify(errors)
     return RunResult(
         nearest_solution=nearest,
         relative_l2_error=errors[nearest] if nearest >= 0 else math.nan,
         errors=errors,
         final_loss=final_loss,
-        wall_seconds=wall,
+        wall_seconds=log.wall_seconds,
         iterations=n_iter,
         seed=seed,
-        loss_steps=np.asarray(steps),
-        loss_values=values,
+        loss_steps=np.asarray(log.steps),
+        loss_values=torch.stack(log.values).double().cpu().numpy() if log.values else np.zeros(0),
         section=section.double().cpu().numpy(),
-        trace_steps=trace_steps,
-        trace_errors=trace_errors,
+        trace_steps=trace.steps,
+        trace_errors=trace.errors,
         off_shell_steps=registry.off_shell_steps(opt),
     )
+
+
+class _Points:
+    """The collocation points of a run: interior points with their source values and boundary
+    points (``current``), first drawn from ``init_seed``, redrawn from ``seed`` by
+    :meth:`resample`. ``in_place``: new points are copied into the same tensors (a captured
+    CUDA graph reads those addresses)."""
+
+    def __init__(
+        self, preset: PDEPreset, device: torch.device, dtype: torch.dtype, *, init_seed: int,
+        seed: int, in_place: bool,
+    ) -> None:  # fmt: skip
+        self.preset, self.device, self.dtype, self.in_place = preset, device, dtype, in_place
+        self.current = self._draw(torch.Generator().manual_seed(init_seed))
+        self._resample_gen = torch.Generator().manual_seed((10_007 * seed + 1) % 2**64)
+
+    def _draw(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        p = self.preset
+        xi = sample_ball(p.n_interior, p.dim, gen, dtype=torch.float64)
+        xb = sample_sphere(p.n_boundary, p.dim, gen, dtype=torch.float64)
+        fi = p.problem.source(xi)
+        x_int, f_int, x_bnd = (t.to(device=self.device, dtype=self.dtype) for t in (xi, fi, xb))
+        return x_int, f_int, x_bnd
+
+    def resample(self) -> None:
+        fresh = self._draw(self._resample_gen)
+        if not self.in_place:
+            self.current = fresh
+            return
+        for buffer, values in zip(self.current, fresh, strict=True):
+            buffer.copy_(values)
+
+
+class _Trace:
+    """Relative L2 errors to each reference solution, every ``every`` iterations (None: only at
+    the end), on fixed evaluation points."""
+
+    def __init__(
+        self, model: torch.nn.Module, solutions: Sequence[RadialSolution], preset: PDEPreset,
+        every: int | None,
+    ) -> None:  # fmt: skip
+        self.model, self.solutions, self.every = model, solutions, every
+        gen = torch.Generator().manual_seed(12_345)
+        self.points = sample_ball(preset.n_eval, preset.dim, gen, dtype=torch.float64)
+        self.steps: list[int] = []
+        self.errors: list[list[float]] = []
+
+    def due(self, iteration: int) -> bool:
+        return bool(self.every) and iteration % self.every == 0
+
+    def record(self, iteration: int) -> list[float]:
+        errors = relative_l2_errors(self.model, self.solutions, self.points)
+        if self.every:
+            self.steps.append(iteration)
+            self.errors.append(errors)
+        return errors
+
+    def finish(self, iterations: int) -> list[float]:
+        """The final errors (also the trace's last record)."""
+        return self.record(iterations)
+
+
+@dataclass
+class _Log:
+    """What the training loop keeps: the loss every ``log_every`` iterations and the time."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    last_loss: Any = None
+    wall_seconds: float = 0.0
+
+
+def _progress_bar(show: bool, total: int, desc: str) -> Any:
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def _iterate(
+    iteration: Callable[[], Tensor],
+    n_iter: int,
+    *,
+    resample_every: int | None,
+    resample: Callable[[], None],
+    log_every: int,
+    trace: _Trace,
+    bar: Any,
+    device: torch.device,
+) -> _Log:
+    """The training loop: ``n_iter`` iterations, new points every ``resample_every``."""
+    log = _Log()
+    start = time.perf_counter()
+    for it in range(n_iter):
+        if trace.due(it):
+            trace.record(it)
+        if resample_every and it > 0 and it % resample_every == 0:
+            resample()
+        loss = iteration()
+        if it % log_every == 0 or it == n_iter - 1:
+            log.values.append(loss.detach().clone())
+            log.steps.append(it)
+            if bar is not None and len(log.values) % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3g}")
+        if bar is not None and (it + 1) % 100 == 0:
+            bar.update(100)
+        log.last_loss = loss
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    log.wall_seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    return log
 
 
 def train_runs(

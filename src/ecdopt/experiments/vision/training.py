@@ -418,67 +418,23 @@ def train_run(cfg: RunConfig, data: ImageData | None = None) -> dict[str, Any]:
         start_epoch = resumed_from = int(ckpt["epoch"])
         diverged = bool(ckpt["diverged"])
 
-    n_train = len(data.train_y)
-    n_batches = math.ceil(n_train / cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs):
         if diverged:
             break
         tic = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        bar = _progress(cfg, epoch, n_batches)
-        for step, idx in enumerate(_batches(n_train, cfg.batch_size, generator)):
-            idx = idx.to(device)
-            x = data.transform(data.train_x[idx], generator)
-            y = data.train_y[idx]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out: dict[str, torch.Tensor] = {}
-
-            def closure(x: torch.Tensor = x, y: torch.Tensor = y, out: dict = out) -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, amp):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                loss.backward()
-                out["loss"], out["logits"] = loss.detach(), logits.detach()
-                return loss
-
-            optimizer.step(closure)
-            loss_sum += out["loss"] * len(y)
-            correct += (out["logits"].argmax(1) == y).sum()
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(out['loss']):.4f}")
-        if bar is not None:
-            bar.close()
-        train_loss = float(loss_sum) / n_train
+        train_loss, train_acc = _train_epoch(
+            model, optimizer, data, cfg, generator, epoch, amp=amp, channels_last=channels_last
+        )
         test_loss, test_acc = evaluate(model, data, device, amp, channels_last)
         diverged = not (math.isfinite(train_loss) and math.isfinite(test_loss))
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(train_loss)
-        history["train_accuracy"].append(int(correct) / n_train)
+        history["train_accuracy"].append(train_acc)
         history["test_loss"].append(test_loss)
         history["test_accuracy"].append(test_acc)
         history["epoch_time_s"].append(time.perf_counter() - tic)
         if ckpt_path is not None:
-            _atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch + 1,
-                    "config": cfg.signature(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
-                    "history": history,
-                    "diverged": diverged,
-                },
-                ckpt_path,
-            )
+            _save_epoch(ckpt_path, cfg, epoch, model, optimizer, generator, history, diverged)
     accs = history["test_accuracy"]
     return {
         "seed": cfg.seed,
@@ -494,6 +450,82 @@ def train_run(cfg: RunConfig, data: ImageData | None = None) -> dict[str, Any]:
         "curves": history,
         "model_state": model.state_dict(),
     }
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: ImageData,
+    cfg: RunConfig,
+    generator: torch.Generator,
+    epoch: int,
+    *,
+    amp: bool,
+    channels_last: bool,
+) -> tuple[float, float]:
+    """One pass over the training set in ``generator``'s order; (mean loss, accuracy)."""
+    device = data.train_y.device
+    model.train()
+    n_train = len(data.train_y)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    bar = _progress(cfg, epoch, math.ceil(n_train / cfg.batch_size))
+    for step, idx in enumerate(_batches(n_train, cfg.batch_size, generator)):
+        idx = idx.to(device)
+        x = data.transform(data.train_x[idx], generator)
+        y = data.train_y[idx]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out: dict[str, torch.Tensor] = {}
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y, out: dict = out) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            loss.backward()
+            out["loss"], out["logits"] = loss.detach(), logits.detach()
+            return loss
+
+        optimizer.step(closure)
+        loss_sum += out["loss"] * len(y)
+        correct += (out["logits"].argmax(1) == y).sum()
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+    if bar is not None:
+        bar.close()
+    return float(loss_sum) / n_train, int(correct) / n_train
+
+
+def _save_epoch(
+    path: Path,
+    cfg: RunConfig,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    history: dict[str, list[float]],
+    diverged: bool,
+) -> None:
+    """The checkpoint after ``epoch``: everything :func:`train_run` needs to resume exactly."""
+    device = next(model.parameters()).device
+    _atomic_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,
+            "config": cfg.signature(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+            "history": history,
+            "diverged": diverged,
+        },
+        path,
+    )
 
 
 def _progress(cfg: RunConfig, epoch: int, total: int) -> Any:
