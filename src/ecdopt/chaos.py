@@ -343,9 +343,11 @@ def keyed_rows(
         xi = _counter_values(counter_bits(keys, index), kind).to(like.dtype)
         return torch.where(rows[:, None], xi, torch.zeros((), dtype=like.dtype, device=like.device))
     xi = torch.zeros_like(like)
-    for m in torch.nonzero(rows).flatten().tolist():
-        generator.manual_seed(keyed_seed(seeds[m], int(steps[m]), stream))
-        draw_direction([xi[m]], generator, kind, out=[xi[m]])
+    due = torch.nonzero(rows).flatten()
+    for m, step in zip(due.tolist(), steps[due].tolist(), strict=True):
+        generator.manual_seed(keyed_seed(seeds[m], int(step), stream))
+        row = xi[m]
+        draw_direction([row], generator, kind, out=[row])
     return xi
 
 

@@ -96,6 +96,13 @@ def _norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1)
 
 
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_j a_mj·b_mj for each row m of ``[M, n]`` tensors, as a matrix-vector product: torch's
+    ``sum(-1)`` over a short last dimension costs some ten times more (16 µs against 2.6 µs for
+    [1000, 2] on this project's CPU), and an ensemble step takes several such sums."""
+    return torch.mv(a * b, torch.ones(a.shape[-1], dtype=a.dtype, device=a.device))
+
+
 def particle_seeds(seed: int, m: int) -> list[int]:
     """The seeds of the M particles of ``simulate(..., seed=seed)``: particle i draws as
     ``ECD(..., seed=particle_seeds(seed, M)[i])`` does (a splitmix64 mix of seed and i)."""
@@ -170,13 +177,13 @@ class _ECDStepper:
         cfg, h = self.cfg, self.h
         calls = self.calls.clone()
         self.calls += active
-        theta_sq = (theta * theta).sum(dim=-1)
-        objective = value + 0.5 * self.wd * theta_sq if self.wd else value
+        theta_sq = _row_dot(theta, theta) if self.wd else None
+        objective = value + 0.5 * self.wd * theta_sq if theta_sq is not None else value
         d = decide(
             config=cfg,
             hamiltonian=h,
             objective=objective,
-            grad_sq=(grad * grad).sum(-1),
+            grad_sq=_row_dot(grad, grad),
             floor=self.floor,
             best=self.best,
         )
@@ -188,14 +195,14 @@ class _ECDStepper:
             )
         restart = first | (d.below_floor & self.initialized) if cfg.adapt_floor else first
         energy = torch.where(restart, h.initial_energy(d.potential, self.extra), self.energy)
-        force_norm = _norm(grad) + self.wd * theta_sq.sqrt()
+        force_norm = _norm(grad) if theta_sq is None else _norm(grad) + self.wd * theta_sq.sqrt()
         pi, momentum_sq = self.pi, self.momentum_sq
         if bool(first.any()):  # Π0 along −∇F for the particles that start now
             initial = self._initial_momentum(
                 first, grad + self.wd * theta, h.target_momentum_sq(energy, d.potential)
             )
             pi = torch.where(first[:, None], initial, pi)
-            momentum_sq = torch.where(first, (pi * pi).sum(-1), momentum_sq)
+            momentum_sq = torch.where(first, _row_dot(pi, pi), momentum_sq)
         c = coefficients(
             config=cfg,
             hamiltonian=h,
@@ -281,12 +288,12 @@ class _ECDStepper:
         rescale = torch.where(moving, c.rescale, 1.0)
         kick = self.lr * torch.where(moving, c.kick, 0.0)
         if h.projects_force:  # unit speed: the kick orthogonal to Π
-            dot = (pi * grad).sum(-1) + self.wd * (pi * theta).sum(-1)
+            dot = _row_dot(pi, grad) + self.wd * _row_dot(pi, theta)
             rescale = projected_rescale(rescale, kick, dot)
         new_pi = pi * rescale[:, None] - kick[:, None] * grad
         if self.wd:
             new_pi = new_pi - (kick * self.wd)[:, None] * theta
-        momentum_sq = (new_pi * new_pi).sum(-1)
+        momentum_sq = _row_dot(new_pi, new_pi)
         drift = c.drift if c.drift is not None else h.drift_factor(energy, d.potential, momentum_sq)
         new_theta = theta + (self.lr * torch.where(moving, drift, 0.0))[:, None] * new_pi
         if self.cfg.has_rotation:
@@ -307,7 +314,7 @@ class _ECDStepper:
             return pi
         xi = self._draw(rows, chaos.STREAM_ROTATION, "gaussian", calls)
         w = pi + (self.chaos * momentum_sq.sqrt())[:, None] * xi
-        w_sq = (w * w).sum(-1)
+        w_sq = _row_dot(w, w)
         rotated = w * (momentum_sq / torch.where(w_sq > 0, w_sq, 1.0)).sqrt()[:, None]
         return torch.where((rows & (w_sq > 0))[:, None], rotated, pi)
 
