@@ -20,20 +20,12 @@ from torch import nn
 from ecdopt import BBI
 from ecdopt.integrations import LossRecorder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 accelerate = pytest.importorskip("accelerate", reason="accelerate is not installed")
 
 BLOCK = 33  # 32 predicted tokens per row
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two pytest workers on two cores: one thread each (with more, OpenMP threads that spin
-    against each other made the first Trainer steps ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _text_blocks(rows: int = 32) -> torch.Tensor:

@@ -12,19 +12,11 @@ from torch import nn
 from ecdopt import BBI, MissingLossError
 from ecdopt.integrations import LossRecorder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed")
 
 BATCH = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two pytest workers on two cores: one thread each (with more, OpenMP threads that spin
-    against each other made the first Trainer steps ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,16 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ECDOPT = [sys.executable, "-m", "ecdopt.cli"]
 TINY = GPTConfig(vocab_size=256, context=12, n_layer=2, n_head=2, n_embd=16)
 
-pytestmark = pytest.mark.xdist_group("gpt")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """One torch thread: on a shared 2-core machine two threads can be much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.xdist_group("gpt"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ import ecdopt
 import ecdopt.optax as eo
 from ecdopt.landscapes import zakharov
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 F64 = torch.float64
 ZAKHAROV_LR = 0.0026  # the authors' Δt, below the off-shell threshold 0.00272 from (−1, …, −1)
 NO_BOUNCES = {"bounce_period": None, "bounce_patience": None}
@@ -39,24 +41,6 @@ TORCH_ONLY = {
     "seed",
     "rng",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The torch side of these small problems runs faster on one thread (no pool wake-ups)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def x64():
-    """float64 JAX for this test only (the flag is global: restore it afterwards)."""
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
 
 
 # ------------------------------------------------------------------ problems (torch and JAX)

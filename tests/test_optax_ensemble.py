@@ -17,6 +17,8 @@ from ecdopt.ensemble import simulate
 from ecdopt.experiments.synthetic.protocols import BasinsConfig, basin_regions
 from ecdopt.landscapes import TWO_BASIN_C1, TWO_BASIN_C2, two_basin
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PARTICLES = 1000
 # The protocol's settings (lr 0.01, T0 = 20, T1 = 750 over 6000 steps) run 4× faster in time:
 # Δt = 0.04, T0 = 5, T1 = 190, 1500 steps (about 95% of the particles reach a basin).
@@ -29,23 +31,6 @@ SETTINGS = {
 }
 STEPS = 1500
 EPSILON = BasinsConfig.epsilon
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The torch ensemble of 2-D particles runs faster on one thread (no pool wake-ups)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def x64():
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", before)
 
 
 def two_basin_jax(theta: jax.Array) -> jax.Array:

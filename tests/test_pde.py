@@ -37,16 +37,10 @@ from ecdopt.experiments.pde import (
     train_runs,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_PROBLEM = RadialProblem(SinSquaredProfile(20.0), dim=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
