@@ -137,8 +137,7 @@ def ackley_protocol(
             method = replace(
                 method, fixed={**method.fixed, "bounce_direction": cfg.bounce_direction}
             )
-        if method.kind == "ecd":
-            method = replace(method, fixed={**method.fixed, "off_shell": cfg.off_shell})
+        method = _with_off_shell(method, cfg.off_shell)
         if name in cfg.params:  # given, not tuned (the demo uses the full protocol's values)
             tuned = TuningResult(dict(cfg.params[name]), math.inf, 0)
         else:
@@ -219,6 +218,13 @@ def _ackley_summary(cfg: AckleyConfig, results: dict, hyper: dict) -> dict:
     }
 
 
+def _with_off_shell(method: Method, off_shell: str) -> Method:
+    """``method`` with the protocol's ``off_shell`` mode when it is an ECD optimizer."""
+    if method.kind != "ecd":
+        return method
+    return replace(method, fixed={**method.fixed, "off_shell": off_shell})
+
+
 # --------------------------------------------------------------------------------------------
 # §4.2 Zakharov
 # --------------------------------------------------------------------------------------------
@@ -283,9 +289,7 @@ def zakharov_protocol(
     methods = zakharov_methods()
     results, hyper, curves = {}, {}, {}
     for name in cfg.methods:
-        method = methods[name]
-        if method.kind == "ecd":
-            method = replace(method, fixed={**method.fixed, "off_shell": cfg.off_shell})
+        method = _with_off_shell(methods[name], cfg.off_shell)
         tuned = tune(
             method,
             zakharov,
