@@ -619,7 +619,7 @@ def _kick_and_drift(
             group.grads,
             group.momenta,
             rescale=rescale,
-            kick=group.lr * c.kick if scale == 1.0 else group.lr * c.kick / scale,
+            kick=_kick_step(group.lr, c.kick, scale),
             weight_decay=group.weight_decay,
             foreach=group.foreach,
         )
@@ -628,7 +628,7 @@ def _kick_and_drift(
         momentum_sq = None
     elif host:
         p_sq = host_sum_of_squares(particle.momenta, particle.device, plain=particle.plain_cpu)
-        momentum_sq = p_sq if scale == 1.0 else scale * scale * p_sq
+        momentum_sq = _true_momentum_sq(p_sq, scale)
     else:
         momentum_sq = sum_of_squares(particle.momenta, particle.device)
     if drift is None:
@@ -659,19 +659,29 @@ def _streamed_kick_and_drift(
             group.grads,
             group.momenta,
             rescale=rescale,
-            kick=group.lr * c.kick if scale == 1.0 else group.lr * c.kick / scale,
+            kick=_kick_step(group.lr, c.kick, scale),
             weight_decay=group.weight_decay,
             drift=None if drift is None else _drift_step(group.lr, drift, scale),
             foreach=group.foreach,
         )
     p_sq = exact_total(parts, particle.momenta)
-    momentum_sq = p_sq if scale == 1.0 else scale * scale * p_sq
+    momentum_sq = _true_momentum_sq(p_sq, scale)
     if drift is None:
         drift = hamiltonian.drift_factor(energy, potential, momentum_sq)
         for group in particle.groups:
             step = _drift_step(group.lr, drift, scale)
             ecd_drift_(group.params, group.momenta, drift=step, foreach=group.foreach)
     return momentum_sq, drift, p_sq
+
+
+def _kick_step(lr: float, kick: float, scale: float) -> float:
+    """Δt·k/σ, the factor of G in the kick of P = Π/σ (σ = 1 off the lazy path)."""
+    return lr * kick if scale == 1.0 else lr * kick / scale
+
+
+def _true_momentum_sq(p_sq: float, scale: float) -> float:
+    """Π² = σ²·|P|² from the sum over the stored momenta P."""
+    return p_sq if scale == 1.0 else scale * scale * p_sq
 
 
 def _drift_step(lr: float, drift: float, scale: float) -> float:

@@ -178,12 +178,7 @@ def counter_draw(
     and GPU agree to that rounding). No generator state: a key tensor updated in place gives
     new draws at every replay of a captured CUDA graph.
     """
-    if kind not in BOUNCE_DIRECTIONS:
-        raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
-    if out is None:
-        out = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
-    elif len(out) != len(like):
-        raise ValueError(f"out has {len(out)} tensors, like has {len(like)}")
+    out = _draw_targets(like, kind, out)
     offset = 0
     for run in _runs_by_device(out):  # consecutive tensors on one device: drawn together
         size = sum(xi.numel() for xi in run)
@@ -255,6 +250,19 @@ def rotation_due(call: T, every: int) -> T:
     return (call + 1) % every == 0
 
 
+def _draw_targets(
+    like: Sequence[Tensor], kind: str, out: Sequence[Tensor] | None
+) -> Sequence[Tensor]:
+    """The tensors a draw writes into: ``out`` (checked) or new ones shaped like ``like``."""
+    if kind not in BOUNCE_DIRECTIONS:
+        raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
+    if out is None:
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+    if len(out) != len(like):
+        raise ValueError(f"out has {len(out)} tensors, like has {len(like)}")
+    return out
+
+
 def draw_direction(
     like: Sequence[Tensor],
     generator: torch.Generator | dict[torch.device, torch.Generator],
@@ -270,12 +278,7 @@ def draw_direction(
     ``out``: tensors shaped like ``like`` to draw into (the same numbers as fresh ones; saves
     allocating a model-sized ξ at every ECDSep step on the CPU).
     """
-    if kind not in BOUNCE_DIRECTIONS:
-        raise ValueError(f"bounce_direction must be one of {BOUNCE_DIRECTIONS}, got {kind!r}")
-    if out is None:
-        out = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
-    elif len(out) != len(like):
-        raise ValueError(f"out has {len(out)} tensors, like has {len(like)}")
+    out = _draw_targets(like, kind, out)
     for t, xi in zip(like, out, strict=True):
         gen = generator[t.device] if isinstance(generator, dict) else generator
         if kind == "gaussian":
